@@ -1,0 +1,384 @@
+"""The copy pipeline: index -> image -> blob.
+
+One blob-level pool of ``proc`` transfers is shared by every image, so an image with one huge layer
+holds one slot while the others keep moving. Each level is short:
+
+- :meth:`Syncer.sync_image` decides whether the image needs copying at all (manifest digests compared
+  by HEAD) and pushes the top manifest last;
+- :meth:`Syncer._copy_manifest` copies what one manifest references (children of an index, blobs of
+  an image) and then the manifest itself, byte for byte;
+- :meth:`Syncer._ensure_blob` makes one blob present at the target: skip, mount, or stream-copy with
+  the digest verified on the fly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from imagesync.engine.config import AuthTable
+from imagesync.engine.errors import ImageSyncError, RegistryError
+from imagesync.engine.manifest import (
+    INDEX_TYPES,
+    Descriptor,
+    Manifest,
+    ManifestError,
+    PlatformFilter,
+    check_supported,
+    filter_index,
+)
+from imagesync.engine.reference import ImageRef, Repository
+from imagesync.engine.registry import RegistryClient
+from imagesync.engine.rules import ImagePair, Rule, RuleError, expand_rule, shard, source_needs_tag_list
+from imagesync.engine.stats import ImageOutcome, SyncStats
+from imagesync.engine.transport import Endpoint, RateLimiter, RegistryHTTP, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    proc: int = 5
+    retries: int = 2
+    force: bool = False
+    qps: float | None = None
+    ca_file: str | None = None  # trusted for every HTTPS registry without a caFile of its own
+    platforms: PlatformFilter = field(default_factory=PlatformFilter)
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+TransportFactory = Callable[[Endpoint], httpx.AsyncBaseTransport | None]
+
+
+class Registries:
+    """One :class:`RegistryClient` per (registry host, credential), one rate limiter per host."""
+
+    def __init__(self, auth: AuthTable, options: SyncOptions,
+                 transport_factory: TransportFactory | None = None) -> None:
+        self._auth = auth
+        self._options = options
+        self._transport_factory = transport_factory
+        self._clients: dict[tuple[str, str | None], RegistryClient] = {}
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def client_for(self, repo: Repository) -> RegistryClient:
+        entry = self._auth.lookup(repo)
+        key = (repo.api_host, entry.key if entry else None)
+        client = self._clients.get(key)
+        if client is None:
+            endpoint = Endpoint(
+                host=repo.api_host,
+                insecure=bool(entry and entry.insecure),
+                ca_file=(entry.ca_file if entry and entry.ca_file else None) or self._options.ca_file,
+                username=entry.username if entry else None,
+                password=entry.password if entry else None,
+            )
+            limiter = None
+            if self._options.qps:
+                limiter = self._limiters.setdefault(repo.api_host, RateLimiter(self._options.qps))
+            transport = self._transport_factory(endpoint) if self._transport_factory else None
+            http = RegistryHTTP(endpoint, limiter=limiter, retry=self._options.retry_policy,
+                                max_connections=max(8, self._options.proc * 2), transport=transport)
+            client = self._clients[key] = RegistryClient(http)
+        return client
+
+    @property
+    def requests_sent(self) -> int:
+        return sum(c.http.requests_sent for c in self._clients.values())
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.http.aclose()
+
+
+def _reference(image: ImageRef) -> str:
+    ref = image.digest or image.tag
+    if not ref:
+        raise ImageSyncError(f"{image} names neither a tag nor a digest")
+    return ref
+
+
+class Syncer:
+    def __init__(self, registries: Registries, options: SyncOptions, stats: SyncStats | None = None) -> None:
+        self.registries = registries
+        self.options = options
+        self.stats = stats or SyncStats()
+        self._pool = asyncio.Semaphore(max(1, options.proc))
+        # Images in flight: enough to keep the blob pool busy, few enough to bound open manifests.
+        self._images = asyncio.Semaphore(max(4, options.proc * 4))
+        self._blob_tasks: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        # (target host, digest) -> (repository, task) of the first transfer of that blob to that registry:
+        # later repositories mount from it instead of uploading the same bytes again.
+        self._first_copy: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
+
+    # -- planning ------------------------------------------------------------------------------
+
+    async def plan(self, rules: Sequence[Rule],
+                   rule_errors: Sequence[RuleError] = ()) -> tuple[list[ImagePair], list[ImageOutcome]]:
+        """Expand rules into image pairs, plus a failed outcome for each rule that cannot be expanded."""
+        failures = [ImageOutcome(error.rule_text, "", "failed", str(error)) for error in rule_errors]
+
+        async def expand(rule: Rule) -> list[ImagePair]:
+            tags: list[str] | None = None
+            if source_needs_tag_list(rule):
+                repo = rule.source.repo
+                try:
+                    tags = await self.registries.client_for(repo).list_tags(repo.path)
+                except ImageSyncError as exc:
+                    failures.append(ImageOutcome(rule.text, "", "failed", str(exc)))
+                    return []
+            try:
+                return expand_rule(rule, tags)
+            except RuleError as exc:
+                failures.append(ImageOutcome(rule.text, "", "failed", str(exc)))
+                return []
+
+        expanded = await asyncio.gather(*(expand(rule) for rule in rules))
+        seen: set[tuple[str, str]] = set()
+        pairs: list[ImagePair] = []
+        for group in expanded:
+            for pair in group:
+                key = (str(pair.source), str(pair.target))
+                if key not in seen:
+                    seen.add(key)
+                    pairs.append(pair)
+        return pairs, failures
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self, pairs: Sequence[ImagePair], planning_failures: Sequence[ImageOutcome] = ()) -> SyncStats:
+        """Sync every pair; failed images get ``retries`` more rounds unless their failure is permanent."""
+        for failure in planning_failures:
+            self.stats.record(failure)
+        self.stats.images_total = len(pairs) + len(planning_failures)
+        pending = list(pairs)
+        for round_number in range(1 + max(0, self.options.retries)):
+            if round_number:
+                log.info("retry round %d for %d image(s)", round_number, len(pending))
+            results = await asyncio.gather(*(self._sync_one(pair) for pair in pending))
+            pending = [pair for pair, retry in zip(pending, results, strict=True) if retry]
+            if not pending:
+                break
+        return self.stats
+
+    async def _sync_one(self, pair: ImagePair) -> bool:
+        """Sync one image and record its outcome; True when it failed in a way worth retrying."""
+        async with self._images:
+            try:
+                outcome = await self.sync_image(pair)
+            except ImageSyncError as exc:
+                self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "failed", str(exc)))
+                log.warning("failed %s -> %s: %s", pair.source, pair.target, exc)
+                return isinstance(exc, RegistryError) and exc.retryable
+            self.stats.record(outcome)
+            log.info("%s %s -> %s", outcome.outcome, pair.source, pair.target)
+            return False
+
+    async def sync_image(self, pair: ImagePair) -> ImageOutcome:
+        source, target = pair.source, pair.target
+        src = self.registries.client_for(source.repo)
+        dst = self.registries.client_for(target.repo)
+        src_ref, dst_ref = _reference(source), _reference(target)
+        filtering = self.options.platforms.active
+
+        if not self.options.force:
+            head = await src.head_manifest(source.repo.path, src_ref)
+            if head is not None and not (filtering and head.media_type in INDEX_TYPES):
+                if source.digest and head.digest != source.digest:
+                    raise RegistryError(f"{source}: the source answered with digest {head.digest}",
+                                        retryable=False)
+                existing = await dst.head_manifest(target.repo.path, dst_ref)
+                if existing is not None and existing.digest == head.digest:
+                    return ImageOutcome(str(source), str(target), "skipped", digest=head.digest)
+
+        manifest = await self._read_manifest(src, source.repo, src_ref, str(source))
+        if source.digest and manifest.digest != source.digest:
+            raise RegistryError(f"{source}: the source served digest {manifest.digest}", retryable=False)
+        if target.digest and manifest.digest != target.digest and not filtering:
+            raise ImageSyncError(f"{target}: target digest differs from the source digest {manifest.digest}")
+
+        note = ""
+        if filtering and manifest.is_index:
+            filtered = filter_index(manifest, self.options.platforms)
+            if filtered.digest != manifest.digest:
+                kept = ", ".join(c.platform_name for c in filtered.children())
+                note = (f"index filtered to {kept}: digest changed from {manifest.digest} "
+                        f"to {filtered.digest}")
+                if target.digest:
+                    raise ImageSyncError(f"{target}: a platform filter rewrites the index, so it cannot be "
+                                         f"pushed by digest")
+                if not self.options.force:
+                    existing = await dst.head_manifest(target.repo.path, dst_ref)
+                    if existing is not None and existing.digest == filtered.digest:
+                        return ImageOutcome(str(source), str(target), "skipped", digest=filtered.digest,
+                                            note=note)
+            manifest = filtered
+
+        await self._copy_references(src, source.repo, dst, target.repo, manifest)
+        await dst.put_manifest(target.repo.path, dst_ref, manifest)
+        self.stats.manifests_pushed += 1
+        return ImageOutcome(str(source), str(target), "synced", digest=manifest.digest, note=note)
+
+    async def _read_manifest(self, src: RegistryClient, repo: Repository, ref: str, name: str) -> Manifest:
+        try:
+            manifest = await src.get_manifest(repo.path, ref)
+        except RegistryError as exc:
+            if exc.status == 404:
+                raise RegistryError(f"{name}: manifest unknown at the source ({exc})", status=404,
+                                    code="MANIFEST_UNKNOWN", retryable=False) from exc
+            raise
+        try:
+            check_supported(manifest.media_type)
+        except ManifestError as exc:
+            raise ManifestError(f"{name}: {exc}") from exc
+        return manifest
+
+    async def _copy_references(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
+                               dst_repo: Repository, manifest: Manifest) -> None:
+        """Make everything the manifest references present at the target (children before an index)."""
+        if manifest.is_index:
+            await _gather_all(self._copy_child(src, src_repo, dst, dst_repo, child)
+                              for child in manifest.children())
+        else:
+            await _gather_all(self._ensure_blob(src, src_repo, dst, dst_repo, blob)
+                              for blob in manifest.blobs())
+
+    async def _copy_child(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
+                          dst_repo: Repository, child: Descriptor) -> None:
+        if not self.options.force:
+            existing = await dst.head_manifest(dst_repo.path, child.digest)
+            if existing is not None and existing.digest == child.digest:
+                return
+        manifest = await self._read_manifest(src, src_repo, child.digest,
+                                             f"{src_repo}@{child.digest} ({child.platform_name})")
+        await self._copy_references(src, src_repo, dst, dst_repo, manifest)
+        await dst.put_manifest(dst_repo.path, child.digest, manifest)
+        self.stats.manifests_pushed += 1
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    async def _ensure_blob(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
+                           dst_repo: Repository, blob: Descriptor) -> None:
+        """Shared per (target repository, digest): concurrent images needing one blob transfer it once."""
+        key = (dst.host, dst_repo.path, blob.digest)
+        task = self._blob_tasks.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.create_task(self._transfer_blob(src, src_repo, dst, dst_repo, blob))
+            self._blob_tasks[key] = task
+            first = self._first_copy.get((dst.host, blob.digest))
+            if first is None or (first[1].done() and first[1].exception() is not None):
+                self._first_copy[(dst.host, blob.digest)] = (dst_repo.path, task)
+        await asyncio.shield(task)
+
+    async def _mount_source(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
+                            dst_repo: Repository, digest: str) -> str | None:
+        """A repository on the target registry that has (or is about to have) the blob."""
+        if src.host == dst.host and src_repo.path != dst_repo.path:
+            return src_repo.path
+        first = self._first_copy.get((dst.host, digest))
+        if first is None or first[0] == dst_repo.path:
+            return None
+        with contextlib.suppress(Exception):
+            await asyncio.shield(first[1])
+        return first[0] if first[1].done() and first[1].exception() is None else None
+
+    async def _transfer_blob(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
+                             dst_repo: Repository, blob: Descriptor) -> None:
+        policy = self.options.retry_policy
+        for attempt in range(policy.attempts):
+            try:
+                await self._transfer_blob_once(src, src_repo, dst, dst_repo, blob)
+                return
+            except RegistryError as exc:
+                if not exc.retryable or attempt + 1 >= policy.attempts:
+                    raise
+                log.info("retrying blob %s -> %s/%s: %s", blob.digest, dst.host, dst_repo.path, exc)
+                await asyncio.sleep(policy.backoff(attempt))
+
+    async def _transfer_blob_once(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
+                                  dst_repo: Repository, blob: Descriptor) -> None:
+        if await dst.blob_exists(dst_repo.path, blob.digest):
+            self.stats.blobs_skipped += 1
+            return
+        mount_from = await self._mount_source(src, src_repo, dst, dst_repo, blob.digest)
+        async with self._pool:
+            location: str | None = None
+            if mount_from is not None:
+                location = await dst.mount_blob(dst_repo.path, blob.digest, mount_from)
+                if location is None:
+                    self.stats.blobs_mounted += 1
+                    return
+            if location is None:
+                location = await dst.start_upload(dst_repo.path)
+            counted = 0
+
+            async def verified(response: httpx.Response) -> AsyncIterator[bytes]:
+                nonlocal counted
+                digest = hashlib.sha256()
+                async for chunk in response.aiter_raw(CHUNK_SIZE):
+                    digest.update(chunk)
+                    counted += len(chunk)
+                    self.stats.bytes_copied += len(chunk)
+                    if counted > blob.size:
+                        break
+                    yield chunk
+                actual = "sha256:" + digest.hexdigest()
+                if counted != blob.size or actual != blob.digest:
+                    raise RegistryError(
+                        f"blob {blob.digest} from {src.host}/{src_repo.path} arrived corrupted "
+                        f"({counted} bytes, digest {actual}; expected {blob.size} bytes)",
+                        code="DIGEST_INVALID", retryable=True)
+
+            try:
+                async with src.open_blob(src_repo.path, blob.digest) as response:
+                    await dst.upload_blob(dst_repo.path, location, blob.digest, blob.size, verified(response))
+            except httpx.HTTPError as exc:
+                self.stats.bytes_copied -= counted
+                raise RegistryError(f"copying blob {blob.digest} to {dst.host}/{dst_repo.path}: "
+                                    f"{type(exc).__name__}: {exc}", retryable=True) from exc
+            except BaseException:
+                self.stats.bytes_copied -= counted
+                raise
+            self.stats.blobs_copied += 1
+
+
+async def _gather_all(awaitables: Iterable[Awaitable[None]]) -> None:
+    """Run all; when several fail, raise the first failure after every one has finished.
+
+    Letting the others finish keeps shared blob transfers (awaited by other images too) intact.
+    """
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: AuthTable,
+               options: SyncOptions, stats: SyncStats | None = None, *,
+               shard_index: int = 0, shard_count: int = 1,
+               transport_factory: TransportFactory | None = None) -> SyncStats:
+    """Plan and run a whole sync; the one entry point the CLI and the worker call.
+
+    With several shards every worker plans the same pairs and takes its share of them; rules that could
+    not be planned are reported by shard 0 alone, so the folded status counts each failure once.
+    """
+    registries = Registries(auth, options, transport_factory)
+    syncer = Syncer(registries, options, stats)
+    try:
+        pairs, failures = await syncer.plan(rules, rule_errors)
+        if shard_count > 1:
+            pairs = shard(pairs, shard_index, shard_count)
+            failures = failures if shard_index == 0 else []
+        return await syncer.run(pairs, failures)
+    finally:
+        syncer.stats.finished = time.monotonic()
+        await registries.aclose()

@@ -1,0 +1,95 @@
+"""Counters and the per-image outcome of a sync run.
+
+The dict produced by :meth:`SyncStats.snapshot` is the one shape shared by the CLI's ``--output json``
+file, the worker's progress reports and (after folding) the ImageSyncJob status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["synced", "skipped", "failed"]
+
+# A report carries at most this many failed images; the total count travels beside it.
+FAILED_IMAGES_CAP = 50
+
+
+@dataclass
+class ImageOutcome:
+    source: str
+    target: str
+    outcome: Outcome
+    reason: str = ""
+    digest: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        data = {"source": self.source, "target": self.target}
+        if self.digest:
+            data["digest"] = self.digest
+        if self.reason:
+            data["reason"] = self.reason
+        if self.note:
+            data["note"] = self.note
+        return data
+
+
+@dataclass
+class SyncStats:
+    images_total: int = 0
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    bytes_copied: int = 0
+    manifests_pushed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    outcomes: dict[tuple[str, str], ImageOutcome] = field(default_factory=dict)
+
+    def record(self, outcome: ImageOutcome) -> None:
+        """Record the latest outcome of an image (a retried image replaces its earlier failure)."""
+        self.outcomes[(outcome.source, outcome.target)] = outcome
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for o in self.outcomes.values() if o.outcome == outcome)
+
+    def failed(self) -> list[ImageOutcome]:
+        return [o for o in self.outcomes.values() if o.outcome == "failed"]
+
+    @property
+    def duration(self) -> float:
+        end = self.finished if self.finished is not None else time.monotonic()
+        return max(end - self.started, 1e-9)
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes_copied / self.duration
+
+    def snapshot(self, *, done: bool = False) -> dict[str, Any]:
+        failed = self.failed()
+        return {
+            "imagesTotal": self.images_total,
+            "imagesSynced": self.count("synced"),
+            "imagesSkipped": self.count("skipped"),
+            "imagesFailed": len(failed),
+            "blobsCopied": self.blobs_copied,
+            "blobsMounted": self.blobs_mounted,
+            "blobsSkipped": self.blobs_skipped,
+            "bytesCopied": self.bytes_copied,
+            "manifestsPushed": self.manifests_pushed,
+            "bytesPerSecond": round(self.bytes_per_second, 1),
+            "durationSeconds": round(self.duration, 3),
+            "done": done,
+            "failedImages": [o.as_dict() for o in failed[:FAILED_IMAGES_CAP]],
+            "failedImagesTotal": len(failed),
+        }
+
+    def result(self) -> dict[str, Any]:
+        """The full result file: every success and every failure, no cap."""
+        data = self.snapshot(done=True)
+        data["failedImages"] = [o.as_dict() for o in self.failed()]
+        data["syncedImages"] = [o.as_dict() for o in self.outcomes.values() if o.outcome == "synced"]
+        data["skippedImages"] = [o.as_dict() for o in self.outcomes.values() if o.outcome == "skipped"]
+        return data

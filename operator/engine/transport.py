@@ -1,0 +1,490 @@
+"""The one HTTP layer per registry host.
+
+Every request to a registry goes through :class:`RegistryHTTP`, which owns, for that host: the pooled
+keep-alive connections, the scheme (HTTPS, or plain HTTP only where ``insecure``), authentication
+(anonymous, Basic, or Bearer tokens from the ``WWW-Authenticate`` challenge, cached per scope until they
+expire), the request-rate limit (``--qps``) and retries of transient failures with backoff.
+
+Callers (``registry.py``) deal in registry verbs and status codes; nothing above this module knows how a
+token is obtained or that a request was retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from imagesync.engine.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+# Statuses worth another try: the registry (or a proxy in front of it) is busy or briefly broken.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+USER_AGENT = "imagesync/0.1"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+    # A registry asking us to wait longer than this is treated as an outage, not throttling.
+    max_retry_after: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: spreads retries of many concurrent transfers apart."""
+        ceiling: float = min(self.max_delay, self.base_delay * (2**attempt))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach and log in to one registry host."""
+
+    host: str  # API host[:port], e.g. registry-1.docker.io or 127.0.0.1:5000
+    insecure: bool = False  # plain HTTP (after HTTPS without verification fails)
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.username or self.password)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # "basic" or "bearer", lower case
+    params: Mapping[str, str]
+
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parse a ``WWW-Authenticate`` header such as ``Bearer realm="...",service="...",scope="..."``."""
+    header = header.strip()
+    if not header:
+        return None
+    scheme, _, rest = header.partition(" ")
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _CHALLENGE_PARAM.finditer(rest)}
+    return Challenge(scheme.lower(), params)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class RateLimiter:
+    """Evenly spaced requests: at most ``qps`` request starts per second for one registry."""
+
+    def __init__(self, qps: float) -> None:
+        self._interval = 1.0 / qps
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            wait = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    # The system trust store (not certifi's bundle) so that corporate CAs installed on the host work,
+    # plus the CA file the user names for a registry with a private CA.
+    context = ssl.create_default_context()
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistryError(f"cannot load CA file {ca_file}: {exc}", retryable=False) from exc
+    return context
+
+
+def _insecure_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+Scopes = Sequence[str]
+
+
+def pull_scope(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def push_scope(repo: str) -> str:
+    return f"repository:{repo}:pull,push"
+
+
+class RegistryHTTP:
+    """All HTTP traffic to one registry host."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.retry = retry or RetryPolicy()
+        # Shared by every RegistryHTTP of one host (several credentials may address one registry).
+        self._limiter = limiter
+        self._transport = transport
+        self._timeout = timeout or httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=600.0)
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client: httpx.AsyncClient | None = None
+        self._base = ""
+        self._challenge: Challenge | None = None
+        self._tokens: dict[tuple[str, ...], _Token] = {}
+        self._token_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._ready = asyncio.Lock()
+        # Once the registry has refused our credentials, every further login would be refused too:
+        # fail fast instead of sending the same wrong password once per image.
+        self._login_refused: RegistryError | None = None
+        self.requests_sent = 0
+
+    # -- connection set-up ---------------------------------------------------------------------
+
+    def _make_client(self, verify: ssl.SSLContext) -> httpx.AsyncClient:
+        transport = self._transport or httpx.AsyncHTTPTransport(verify=verify, limits=self._limits, retries=0)
+        return httpx.AsyncClient(
+            transport=transport, timeout=self._timeout, headers={"User-Agent": USER_AGENT},
+            follow_redirects=True,
+        )
+
+    async def _ensure_ready(self) -> None:
+        """Pick the scheme and learn the auth challenge from ``GET /v2/`` (once per run)."""
+        if self._client is not None:
+            return
+        async with self._ready:
+            if self._client is not None:
+                return
+            ep = self.endpoint
+            candidates: list[tuple[str, ssl.SSLContext]] = []
+            if ep.insecure:
+                # image-syncer's `insecure`: HTTPS without verification first, then plain HTTP.
+                candidates = [("https", _insecure_context()), ("http", _insecure_context())]
+            else:
+                candidates = [("https", _ssl_context(ep.ca_file))]
+            last_error: Exception | None = None
+            for scheme, context in candidates:
+                client = self._make_client(context)
+                base = f"{scheme}://{ep.host}"
+                try:
+                    response = await self._ping(client, base)
+                except (httpx.TransportError, RegistryError) as exc:
+                    if self._transport is None:  # an injected transport is shared by the candidates
+                        await client.aclose()
+                    last_error = exc
+                    continue
+                self._client, self._base = client, base
+                if response.status_code == 401:
+                    self._challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+                return
+            raise RegistryError(f"cannot reach registry {ep.host}: {_describe(last_error)}", retryable=True)
+
+    async def _ping(self, client: httpx.AsyncClient, base: str) -> httpx.Response:
+        for attempt in range(self.retry.attempts):
+            await self._throttle()
+            try:
+                self.requests_sent += 1
+                response = await client.get(f"{base}/v2/")
+            except httpx.ConnectError:
+                raise  # wrong scheme or nothing listening: let the caller try the next candidate
+            except httpx.TransportError:
+                if attempt + 1 >= self.retry.attempts:
+                    raise
+                await asyncio.sleep(self.retry.backoff(attempt))
+                continue
+            if response.status_code in TRANSIENT_STATUSES and attempt + 1 < self.retry.attempts:
+                await asyncio.sleep(self._delay(response, attempt))
+                continue
+            if response.status_code not in (200, 401):
+                raise RegistryError(
+                    f"{self.endpoint.host} does not answer as a registry (GET /v2/ -> {response.status_code})",
+                    status=response.status_code, retryable=response.status_code in TRANSIENT_STATUSES,
+                )
+            return response
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- authentication ------------------------------------------------------------------------
+
+    async def _auth_header(self, scopes: Scopes) -> dict[str, str]:
+        challenge = self._challenge
+        if challenge is None:
+            return {}
+        if challenge.scheme == "basic":
+            if not self.endpoint.has_credentials:
+                return {}
+            return {"Authorization": httpx.BasicAuth(self.endpoint.username or "",
+                                                     self.endpoint.password or "")._auth_header}
+        if challenge.scheme == "bearer":
+            token = await self._token(challenge, scopes)
+            return {"Authorization": f"Bearer {token}"} if token else {}
+        return {}
+
+    async def _token(self, challenge: Challenge, scopes: Scopes) -> str:
+        key = tuple(sorted(set(scopes)))
+        cached = self._tokens.get(key)
+        if cached and cached.expires > time.monotonic():
+            return cached.value
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(key)
+            if cached and cached.expires > time.monotonic():
+                return cached.value
+            token = await self._fetch_token(challenge, key)
+            self._tokens[key] = token
+            return token.value
+
+    async def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...]) -> _Token:
+        if self._login_refused is not None:
+            raise self._login_refused
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise RegistryError(f"{self.endpoint.host} asks for a token but names no realm", retryable=False)
+        params: list[tuple[str, str]] = []
+        if "service" in challenge.params:
+            params.append(("service", challenge.params["service"]))
+        params.extend(("scope", scope) for scope in scopes)
+        auth: httpx.BasicAuth | None = None
+        if self.endpoint.has_credentials:
+            params.append(("account", self.endpoint.username or ""))
+            auth = httpx.BasicAuth(self.endpoint.username or "", self.endpoint.password or "")
+        assert self._client is not None
+        response: httpx.Response | None = None
+        for attempt in range(self.retry.attempts):
+            await self._throttle()
+            try:
+                self.requests_sent += 1
+                response = await self._client.get(realm, params=params, auth=auth)
+            except httpx.TransportError as exc:
+                if attempt + 1 >= self.retry.attempts:
+                    raise RegistryError(f"token server {realm} unreachable: {_describe(exc)}",
+                                        retryable=True) from exc
+                await asyncio.sleep(self.retry.backoff(attempt))
+                continue
+            if response.status_code in TRANSIENT_STATUSES and attempt + 1 < self.retry.attempts:
+                await asyncio.sleep(self._delay(response, attempt))
+                continue
+            break
+        assert response is not None
+        if response.status_code in (401, 403):
+            error = RegistryError(
+                f"login to {self.endpoint.host} rejected by its token server "
+                f"({response.status_code}{_registry_message(response)})",
+                status=response.status_code, code="UNAUTHORIZED", retryable=False,
+            )
+            self._login_refused = error
+            raise error
+        if response.status_code != 200:
+            raise RegistryError(
+                f"token server for {self.endpoint.host} answered {response.status_code}"
+                f"{_registry_message(response)}",
+                status=response.status_code, retryable=response.status_code in TRANSIENT_STATUSES,
+            )
+        try:
+            body = response.json()
+            value = body.get("token") or body.get("access_token")
+            expires_in = float(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise RegistryError(f"token server for {self.endpoint.host} sent no usable token",
+                                retryable=False) from exc
+        if not value:
+            raise RegistryError(f"token server for {self.endpoint.host} sent no token", retryable=False)
+        # Renew a little before the registry would start refusing the token.
+        return _Token(str(value), time.monotonic() + max(expires_in - 10, expires_in / 2))
+
+    def _handle_unauthorized(self, response: httpx.Response, scopes: Scopes) -> bool:
+        """Learn from a 401. True when a new attempt with fresh credentials is worthwhile."""
+        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+        if challenge is None:
+            return False
+        if self._challenge is None or self._challenge.scheme != challenge.scheme:
+            self._challenge = challenge
+            return challenge.scheme == "bearer" or self.endpoint.has_credentials
+        if challenge.scheme == "bearer":
+            key = tuple(sorted(set(scopes)))
+            stale = self._tokens.pop(key, None)
+            # A token we just fetched was refused: more tokens will not help. An old one may have expired.
+            return stale is not None and stale.expires - time.monotonic() < 30
+        return False
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def _throttle(self) -> None:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    def _delay(self, response: httpx.Response, attempt: int) -> float:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if retry_after is not None:
+            return min(retry_after, self.retry.max_retry_after)
+        return self.retry.backoff(attempt)
+
+    def url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return f"{self._base}{path_or_url}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: Scopes = (),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send a request whose body can be replayed, retrying transient failures; body read in full."""
+        async with self.stream(method, path, scopes=scopes, headers=headers, content=content,
+                               params=params) as response:
+            await response.aread()
+            return response
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: Scopes = (),
+        headers: Mapping[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Open a response whose body the caller reads as a stream.
+
+        Transient failures before the response arrives are retried when the request body can be sent
+        again (none, or bytes); a streamed request body is sent once and the caller retries at its level.
+        """
+        await self._ensure_ready()
+        assert self._client is not None
+        replayable = content is None or isinstance(content, bytes)
+        attempts = self.retry.attempts if replayable else 1
+        reauthed = False
+        attempt = 0
+        while True:
+            await self._throttle()
+            request_headers = dict(headers or {})
+            request_headers.update(await self._auth_header(scopes))
+            request = self._client.build_request(method, self.url(path), headers=request_headers,
+                                                 content=content, params=params)
+            try:
+                self.requests_sent += 1
+                response = await self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                attempt += 1
+                if attempt >= attempts:
+                    raise RegistryError(f"{method} {self.endpoint.host}{path}: {_describe(exc)}",
+                                        retryable=True) from exc
+                log.debug("retrying %s %s after %s", method, path, _describe(exc))
+                await asyncio.sleep(self.retry.backoff(attempt - 1))
+                continue
+            if response.status_code == 401 and not reauthed and replayable:
+                await response.aread()
+                await response.aclose()
+                reauthed = True
+                if self._handle_unauthorized(response, scopes):
+                    continue
+                yield response
+                return
+            if response.status_code in TRANSIENT_STATUSES and attempt + 1 < attempts:
+                await response.aread()
+                await response.aclose()
+                delay = self._delay(response, attempt)
+                attempt += 1
+                log.debug("retrying %s %s after %s in %.2fs", method, path, response.status_code, delay)
+                await asyncio.sleep(delay)
+                continue
+            try:
+                yield response
+            finally:
+                await response.aclose()
+            return
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _registry_message(response: httpx.Response) -> str:
+    """The registry's own error text (``{"errors": [{"code", "message"}]}``), for the user."""
+    detail = registry_error_detail(response)
+    return f": {detail}" if detail else ""
+
+
+def registry_error_detail(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        return ""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(errors, list) and errors:
+        parts = []
+        for error in errors[:3]:
+            if isinstance(error, dict):
+                code, message = error.get("code", ""), error.get("message", "")
+                parts.append(f"{code} {message}".strip())
+        return "; ".join(p for p in parts if p)
+    if isinstance(body, dict) and isinstance(body.get("details"), str):
+        return str(body["details"])
+    return ""
+
+
+def registry_error_code(response: httpx.Response) -> str | None:
+    try:
+        body: Any = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        return None
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        code = errors[0].get("code")
+        return str(code) if code else None
+    return None

@@ -1,0 +1,123 @@
+"""``imagesync worker``: one shard of an ImageSyncJob run, inside a worker pod.
+
+Everything it needs comes from the mounted run Secret (``IMAGESYNC_CONFIG_DIR``: ``auth.yaml``,
+``images.yaml``, ``options.json``) and the pod's environment (``JOB_COMPLETION_INDEX``,
+``IMAGESYNC_SHARDS``, ``POD_NAME``, ``POD_NAMESPACE``). Credentials are read from files only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from imagesync.cli.progress import summary
+from imagesync.engine.config import AuthTable, load_auth, load_images
+from imagesync.engine.copy import SyncOptions, sync
+from imagesync.engine.errors import ConfigError, ImageSyncError
+from imagesync.engine.manifest import PlatformFilter
+from imagesync.engine.rules import parse_rules
+from imagesync.engine.stats import SyncStats
+from imagesync.worker.report import Reporter, reporter_from_env
+
+log = logging.getLogger("imagesync.worker")
+
+DEFAULT_CONFIG_DIR = "/etc/imagesync/config"
+REPORT_INTERVAL = 2.0
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from exc
+
+
+def load_options(path: Path) -> SyncOptions:
+    if not path.is_file():
+        return SyncOptions()
+    try:
+        raw: Any = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    try:
+        return SyncOptions(
+            proc=int(raw.get("proc", 5)), retries=int(raw.get("retries", 2)), force=bool(raw.get("force", False)),
+            qps=float(raw["qps"]) if raw.get("qps") else None,
+            platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ())),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: invalid option value: {exc}") from exc
+
+
+async def _report_periodically(stats: SyncStats, reporter: Reporter, shard: int) -> None:
+    last: dict[str, Any] | None = None
+    while True:
+        snapshot = dict(stats.snapshot(), shard=shard)
+        comparable = {k: v for k, v in snapshot.items() if k not in ("durationSeconds", "bytesPerSecond")}
+        if comparable != last:
+            await reporter.report(snapshot)
+            last = comparable
+        await asyncio.sleep(REPORT_INTERVAL)
+
+
+async def run_worker(env: Mapping[str, str]) -> int:
+    config_dir = Path(env.get("IMAGESYNC_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+    shard_index = _int_env(env, "JOB_COMPLETION_INDEX", 0)
+    shard_count = max(1, _int_env(env, "IMAGESYNC_SHARDS", 1))
+    if not 0 <= shard_index < shard_count:
+        raise ConfigError(f"shard index {shard_index} is outside 0..{shard_count - 1}")
+    auth_path = config_dir / "auth.yaml"
+    auth = load_auth(str(auth_path)) if auth_path.is_file() else AuthTable({})
+    images = load_images(str(config_dir / "images.yaml"))
+    raw_options = json.loads((config_dir / "options.json").read_text()) if (config_dir / "options.json").is_file() \
+        else {}
+    options = load_options(config_dir / "options.json")
+    rules, rule_errors = parse_rules(images, raw_options.get("defaultRegistry"), raw_options.get("defaultNamespace"))
+
+    stats = SyncStats()
+    reporter = reporter_from_env(env)
+    await reporter.report(dict(stats.snapshot(), shard=shard_index))
+    ticker = asyncio.create_task(_report_periodically(stats, reporter, shard_index))
+    try:
+        await sync(rules, rule_errors, auth, options, stats, shard_index=shard_index, shard_count=shard_count)
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    final = dict(stats.snapshot(done=True), shard=shard_index)
+    await reporter.report(final)
+    await reporter.aclose()
+    print(summary(stats), flush=True)
+    _write_termination_message(final)
+    return 1 if stats.failed() else 0
+
+
+def _write_termination_message(final: Mapping[str, Any]) -> None:
+    # The kubelet keeps at most 4 KiB of it: the counts, without the failed-image list.
+    compact = {k: v for k, v in final.items() if k != "failedImages"}
+    with contextlib.suppress(OSError):
+        if os.path.exists(TERMINATION_LOG):
+            Path(TERMINATION_LOG).write_text(json.dumps(compact)[:4000])
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(run_worker(os.environ))
+    except ImageSyncError as exc:
+        print(f"imagesync worker: error: {exc}", file=sys.stderr)
+        return 2
