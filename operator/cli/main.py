@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +147,8 @@ async def run_sync(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
     result = stats.result()
+    # Peak memory of this process, for the record (Linux reports ru_maxrss in KiB).
+    result["peakRssBytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if args.result_file:
         Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")
     if args.output == "json":

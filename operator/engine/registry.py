@@ -51,10 +51,10 @@ class RegistryClient:
 
     # -- tags ----------------------------------------------------------------------------------
 
-    async def list_tags(self, repo: str) -> list[str]:
+    async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
         """Every tag, following the ``Link`` header across pages."""
         tags: list[str] = []
-        path: str | None = f"/v2/{repo}/tags/list?n=1000"
+        path: str | None = f"/v2/{repo}/tags/list?n={page_size}"
         while path:
             response = await self.http.request("GET", path, scopes=[pull_scope(repo)])
             if response.status_code != 200:

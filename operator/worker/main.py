@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,17 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
-def load_options(path: Path) -> SyncOptions:
+@dataclass(frozen=True)
+class WorkerOptions:
+    sync: SyncOptions
+    default_registry: str | None = None
+    default_namespace: str | None = None
+
+
+def load_options(path: Path) -> WorkerOptions:
+    """``options.json`` of the run Secret (written by the operator's renderer)."""
     if not path.is_file():
-        return SyncOptions()
+        return WorkerOptions(SyncOptions())
     try:
         raw: Any = json.loads(path.read_text())
     except ValueError as exc:
@@ -53,13 +62,14 @@ def load_options(path: Path) -> SyncOptions:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     try:
-        return SyncOptions(
-            proc=int(raw.get("proc", 5)), retries=int(raw.get("retries", 2)), force=bool(raw.get("force", False)),
-            qps=float(raw["qps"]) if raw.get("qps") else None,
+        sync_options = SyncOptions(
+            proc=max(1, int(raw.get("proc", 5))), retries=max(0, int(raw.get("retries", 2))),
+            force=bool(raw.get("force", False)), qps=float(raw["qps"]) if raw.get("qps") else None,
             platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ())),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid option value: {exc}") from exc
+    return WorkerOptions(sync_options, raw.get("defaultRegistry") or None, raw.get("defaultNamespace") or None)
 
 
 async def _report_periodically(stats: SyncStats, reporter: Reporter, shard: int) -> None:
@@ -82,17 +92,15 @@ async def run_worker(env: Mapping[str, str]) -> int:
     auth_path = config_dir / "auth.yaml"
     auth = load_auth(str(auth_path)) if auth_path.is_file() else AuthTable({})
     images = load_images(str(config_dir / "images.yaml"))
-    raw_options = json.loads((config_dir / "options.json").read_text()) if (config_dir / "options.json").is_file() \
-        else {}
     options = load_options(config_dir / "options.json")
-    rules, rule_errors = parse_rules(images, raw_options.get("defaultRegistry"), raw_options.get("defaultNamespace"))
+    rules, rule_errors = parse_rules(images, options.default_registry, options.default_namespace)
 
     stats = SyncStats()
     reporter = reporter_from_env(env)
     await reporter.report(dict(stats.snapshot(), shard=shard_index))
     ticker = asyncio.create_task(_report_periodically(stats, reporter, shard_index))
     try:
-        await sync(rules, rule_errors, auth, options, stats, shard_index=shard_index, shard_count=shard_count)
+        await sync(rules, rule_errors, auth, options.sync, stats, shard_index=shard_index, shard_count=shard_count)
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):

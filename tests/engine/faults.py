@@ -6,6 +6,7 @@ networks and overloaded registries do: connection resets, 5xx, 429 with Retry-Af
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -81,6 +82,43 @@ class FaultyTransport(httpx.AsyncBaseTransport):
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _CorruptedStream(response.stream)
         return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class TagPagingTransport(httpx.AsyncBaseTransport):
+    """Pages ``tags/list`` answers as the distribution spec describes (``n``, ``last``, ``Link``).
+
+    docker-registry 2.8 ignores ``n`` for tag lists and always answers in one page, so the engine's
+    ``Link``-following would go untested against it. This pages the real registry's full answer.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+        self.pages_served = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not (request.method == "GET" and request.url.path.endswith("/tags/list")
+                and "n" in request.url.params):
+            return await self._inner.handle_async_request(request)
+        size = int(request.url.params["n"])
+        last = request.url.params.get("last")
+        full_url = request.url.copy_remove_param("n").copy_remove_param("last")
+        response = await self._inner.handle_async_request(httpx.Request("GET", full_url, headers=request.headers))
+        await response.aread()
+        if response.status_code != 200:
+            return response
+        body = json.loads(response.content)
+        tags = sorted(body.get("tags") or [])
+        remaining = [t for t in tags if last is None or t > last]
+        page = remaining[:size]
+        headers = {"Content-Type": "application/json"}
+        if len(remaining) > size:
+            headers["Link"] = f'<{request.url.path}?n={size}&last={page[-1]}>; rel="next"'
+        self.pages_served += 1
+        return httpx.Response(200, headers=headers, json={"name": body.get("name"), "tags": page},
+                              request=request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -1,0 +1,99 @@
+"""Basic auth, TLS with a private CA, and token auth, each against a real registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli_helpers import auth_entry, auth_for, run_sync
+from testbed import seed
+from testbed.registry import RegistryProcess
+
+
+def test_basic_auth_source_and_target(basic_registry: RegistryProcess, registry: RegistryProcess,
+                                      tmp_path: Path) -> None:
+    image = seed.push_image(basic_registry, "private/app", "1", seed="basic")
+    code, result = run_sync(tmp_path, {
+        f"{basic_registry.host}/private/app:1": f"{registry.host}/public/app",
+        f"{registry.host}/public/app:1": f"{basic_registry.host}/back/app",
+    }, auth_for(basic_registry, registry), "--proc", "2")
+    assert code == 0, result
+    assert seed.get_manifest(registry, "public/app", "1")[2] == image.digest
+
+
+def test_wrong_basic_password_fails_clearly_without_a_retry_storm(basic_registry: RegistryProcess,
+                                                                  registry: RegistryProcess,
+                                                                  tmp_path: Path) -> None:
+    for i in range(4):
+        seed.push_image(basic_registry, f"p/app{i}", "1", seed=i)
+    wrong = auth_entry(basic_registry) | {"password": "not-the-password"}
+    mark = basic_registry.log_mark()
+    rules = {f"{basic_registry.host}/p/app{i}:1": f"{registry.host}/p/app{i}" for i in range(4)}
+    code, result = run_sync(tmp_path, rules, {basic_registry.host: wrong, registry.host: auth_entry(registry)},
+                            "--retries", "3")
+    assert code == 1
+    assert result["imagesFailed"] == 4
+    for failure in result["failedImages"]:
+        assert "401" in failure["reason"] and "not-the-password" not in failure["reason"]
+    # Each image tries once (401 is permanent): no retry rounds, no backoff loops.
+    assert len(basic_registry.request_log(mark)) <= 4 * 3
+
+
+def test_tls_registry_trusted_through_ca_file(tls_registry: RegistryProcess, registry: RegistryProcess,
+                                              tmp_path: Path) -> None:
+    image = seed.push_index(tls_registry, "secure/app", "1", seed="tls")
+    code, result = run_sync(tmp_path, {f"{tls_registry.host}/secure/app:1": f"{registry.host}/copied/app"},
+                            auth_for(tls_registry, registry))
+    assert code == 0, result
+    assert seed.get_manifest(registry, "copied/app", "1")[2] == image.digest
+
+
+def test_tls_registry_with_global_ca_flag(tls_registry: RegistryProcess, registry: RegistryProcess,
+                                          tmp_path: Path) -> None:
+    seed.push_image(tls_registry, "secure/flag", "1", seed="flag")
+    assert tls_registry.ca_file is not None
+    auth = {registry.host: auth_entry(registry)}
+    if tls_registry.username:
+        auth[tls_registry.host] = {"username": tls_registry.username, "password": tls_registry.password}
+    code, result = run_sync(tmp_path, {f"{tls_registry.host}/secure/flag:1": f"{registry.host}/flag/app"},
+                            auth, "--ca-file", str(tls_registry.ca_file))
+    assert code == 0, result
+
+
+def test_tls_registry_without_the_ca_is_refused(tls_registry: RegistryProcess, registry: RegistryProcess,
+                                                tmp_path: Path) -> None:
+    seed.push_image(tls_registry, "secure/untrusted", "1", seed="u")
+    auth = {registry.host: auth_entry(registry)}
+    code, result = run_sync(tmp_path, {f"{tls_registry.host}/secure/untrusted:1": f"{registry.host}/u/app"},
+                            auth, "--retries", "0")
+    assert code == 1
+    (failure,) = result["failedImages"]
+    assert "certificate" in failure["reason"].lower() or "ssl" in failure["reason"].lower()
+
+
+def test_token_auth_both_directions(token_registry: RegistryProcess, registry: RegistryProcess,
+                                    tmp_path: Path) -> None:
+    index = seed.push_index(token_registry, "tok/app", "1", seed="tok")
+    code, result = run_sync(tmp_path, {
+        f"{token_registry.host}/tok/app:1": f"{registry.host}/from-token/app",
+        f"{token_registry.host}/tok/app": f"{token_registry.host}/tok/copy",  # same registry: mounts
+    }, auth_for(token_registry, registry))
+    assert code == 0, result
+    assert seed.get_manifest(registry, "from-token/app", "1")[2] == index.digest
+    assert seed.get_manifest(token_registry, "tok/copy", "1")[2] == index.digest
+    assert result["blobsMounted"] >= 1
+
+
+def test_token_auth_wrong_password(token_registry: RegistryProcess, registry: RegistryProcess,
+                                   tmp_path: Path) -> None:
+    for i in range(3):
+        seed.push_image(token_registry, f"tok/w{i}", "1", seed=i)
+    assert token_registry.token_server is not None
+    before = token_registry.token_server.request_count
+    wrong = auth_entry(token_registry) | {"password": "wrong"}
+    code, result = run_sync(tmp_path, {f"{token_registry.host}/tok/w{i}:1": f"{registry.host}/w/{i}"
+                                       for i in range(3)},
+                            {token_registry.host: wrong, registry.host: auth_entry(registry)}, "--retries", "3")
+    assert code == 1 and result["imagesFailed"] == 3
+    assert all("rejected" in f["reason"] for f in result["failedImages"])
+    # The refused login is remembered: one token request, not one per image and retry.
+    assert token_registry.token_server.request_count - before == 1

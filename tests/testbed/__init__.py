@@ -1,0 +1,13 @@
+"""The test bed: real registries (Debian's docker-registry, distribution 2.8), a token server, seeding
+helpers and an isolated skopeo. No fakes of the registry protocol.
+
+- :mod:`testbed.registry`: :class:`RegistryProcess` (plain / Basic / TLS / token, access-log counting).
+- :mod:`testbed.tokenserver`: :class:`TokenServer` (signed JWTs, grants per user, request counting).
+- :mod:`testbed.certs`: throw-away CA, server certificates, token signing key.
+- :mod:`testbed.seed`: push and read back blobs, images, indexes and schema 1 manifests with raw API calls.
+- :mod:`testbed.skopeo`: :class:`Skopeo` with its own policy, auth file and blob-info cache.
+- :mod:`testbed.system`: skip locally / fail in CI when a system binary is missing.
+
+Fixtures live in ``tests/conftest.py``: ``registry``, ``registry2``, ``basic_registry``, ``tls_registry``,
+``token_registry``, ``make_registry`` and ``skopeo``.
+"""
