@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 
 import httpx
-
 from imagesync.engine.config import AuthTable
-from imagesync.engine.errors import ImageSyncError, RegistryError
+from imagesync.engine.errors import ImageSyncError, RegistryError, RuleError
 from imagesync.engine.manifest import (
     INDEX_TYPES,
     Descriptor,
@@ -36,7 +35,7 @@ from imagesync.engine.manifest import (
 )
 from imagesync.engine.reference import ImageRef, Repository
 from imagesync.engine.registry import RegistryClient
-from imagesync.engine.rules import ImagePair, Rule, RuleError, expand_rule, shard, source_needs_tag_list
+from imagesync.engine.rules import ImagePair, Rule, expand_rule, shard, source_needs_tag_list
 from imagesync.engine.stats import ImageOutcome, SyncStats
 from imagesync.engine.transport import Endpoint, RateLimiter, RegistryHTTP, RetryPolicy
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
 from imagesync.engine.errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -173,7 +172,7 @@ class RegistryHTTP:
         self._base = ""
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, ...], _Token] = {}
-        self._token_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._token_lock = asyncio.Lock()
         self._ready = asyncio.Lock()
         # Once the registry has refused our credentials, every further login would be refused too:
         # fail fast instead of sending the same wrong password once per image.
@@ -270,8 +269,9 @@ class RegistryHTTP:
         cached = self._tokens.get(key)
         if cached and cached.expires > time.monotonic():
             return cached.value
-        lock = self._token_locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        # One fetch at a time per registry: cheap (tokens are cached), and a refused login is then
+        # seen by every waiting request instead of being retried once per repository.
+        async with self._token_lock:
             cached = self._tokens.get(key)
             if cached and cached.expires > time.monotonic():
                 return cached.value
@@ -285,7 +285,7 @@ class RegistryHTTP:
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryError(f"{self.endpoint.host} asks for a token but names no realm", retryable=False)
-        params: list[tuple[str, str]] = []
+        params: list[tuple[str, str | int | float | bool | None]] = []
         if "service" in challenge.params:
             params.append(("service", challenge.params["service"]))
         params.extend(("scope", scope) for scope in scopes)

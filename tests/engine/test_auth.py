@@ -12,12 +12,14 @@ from testbed.registry import RegistryProcess
 def test_basic_auth_source_and_target(basic_registry: RegistryProcess, registry: RegistryProcess,
                                       tmp_path: Path) -> None:
     image = seed.push_image(basic_registry, "private/app", "1", seed="basic")
-    code, result = run_sync(tmp_path, {
-        f"{basic_registry.host}/private/app:1": f"{registry.host}/public/app",
-        f"{registry.host}/public/app:1": f"{basic_registry.host}/back/app",
-    }, auth_for(basic_registry, registry), "--proc", "2")
+    code, result = run_sync(tmp_path, {f"{basic_registry.host}/private/app:1": f"{registry.host}/public/app"},
+                            auth_for(basic_registry, registry), name="out")
     assert code == 0, result
     assert seed.get_manifest(registry, "public/app", "1")[2] == image.digest
+    code, result = run_sync(tmp_path, {f"{registry.host}/public/app:1": f"{basic_registry.host}/back/app"},
+                            auth_for(basic_registry, registry), name="back")
+    assert code == 0, result
+    assert seed.get_manifest(basic_registry, "back/app", "1")[2] == image.digest
 
 
 def test_wrong_basic_password_fails_clearly_without_a_retry_storm(basic_registry: RegistryProcess,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from cli_helpers import auth_for
 from faults import FaultPlan, FaultyTransport, TagPagingTransport, is_blob_get
 from imagesync.engine.config import load_auth

@@ -1,0 +1,120 @@
+"""Image references: ``[registry/]path[:tag][@digest]``, with Docker Hub's short names normalised."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+# Names users write for Docker Hub; all mean the same registry.
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry.hub.docker.com", "registry-1.docker.io"})
+
+# distribution/reference grammar: lower-case components separated by '/', each [a-z0-9]+ joined by
+# '.', '_', '__' or runs of '-'.
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+TAG_PATTERN = re.compile(r"[\w][\w.-]{0,127}")
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+_HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                   r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?")
+
+
+class ReferenceError(ValueError):
+    """A reference that is not a valid image name; the message says which part is wrong."""
+
+
+def normalise_registry(host: str) -> str:
+    return DOCKER_HUB if host.lower() in DOCKER_HUB_ALIASES else host.lower()
+
+
+def looks_like_host(component: str) -> bool:
+    """Docker's rule: a first component with '.' or ':' (or 'localhost') names a registry."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+@dataclass(frozen=True)
+class Repository:
+    registry: str  # host[:port], normalised (Docker Hub is "docker.io")
+    path: str  # namespace/.../name
+
+    @property
+    def api_host(self) -> str:
+        """Where the Registry API answers (Docker Hub's API is not on docker.io)."""
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.path}"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    repo: Repository
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        text = str(self.repo)
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse_repository(name: str) -> Repository:
+    """``nginx`` -> docker.io/library/nginx; ``host:5000/a/b`` -> (host:5000, a/b)."""
+    name = name.strip()
+    if not name:
+        raise ReferenceError("empty repository name")
+    first, sep, rest = name.partition("/")
+    if sep and looks_like_host(first):
+        if not _HOST.fullmatch(first):
+            raise ReferenceError(f"invalid registry host {first!r}")
+        registry, path = normalise_registry(first), rest
+    else:
+        registry, path = DOCKER_HUB, name
+    if not path:
+        raise ReferenceError(f"{name!r} names a registry but no repository")
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    for component in path.split("/"):
+        if not _COMPONENT.fullmatch(component):
+            raise ReferenceError(
+                f"invalid repository path component {component!r} (lower-case letters, digits and "
+                f"'.', '_', '-' separators only)")
+    return Repository(registry, path)
+
+
+def split_reference(text: str) -> tuple[str, str | None, str | None]:
+    """``name[:tags][@digest]`` -> (name, tag part or None, digest or None), without validating tags.
+
+    The tag part is what follows the last ':' after the last '/', so a registry port is not a tag.
+    """
+    name, at, digest = text.partition("@")
+    tag_part: str | None = None
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        name, tag_part = name[:colon], name[colon + 1:]
+    return name, tag_part, (digest if at else None)
+
+
+def check_tag(tag: str) -> str:
+    if not TAG_PATTERN.fullmatch(tag):
+        raise ReferenceError(f"invalid tag {tag!r}")
+    return tag
+
+
+def check_digest(digest: str) -> str:
+    if not digest.startswith("sha256:"):
+        raise ReferenceError(f"unsupported digest {digest!r} (only sha256 digests are supported)")
+    if not DIGEST_PATTERN.fullmatch(digest):
+        raise ReferenceError(f"invalid digest {digest!r} (expected sha256: and 64 lower-case hex digits)")
+    return digest
+
+
+def parse_image(text: str) -> ImageRef:
+    """A single image reference (one tag or one digest)."""
+    name, tag, digest = split_reference(text.strip())
+    return ImageRef(parse_repository(name), check_tag(tag) if tag else None,
+                    check_digest(digest) if digest else None)
