@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/tests/setup-env.sh"
 cd "$ROOT"
 echo "==> ruff"
-"$VENV/bin/ruff" check operator tests bench
+"$VENV/bin/ruff" check .
 echo "==> mypy"
 # Sources live in operator/ but are the package imagesync: give mypy that name through a symlink.
 typecheck="$(mktemp -d)"

@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(run_sync(args))
     except ImageSyncError as exc:
-        log.error("%s", exc)
+        if args.log:
+            log.error("%s", exc)
         print(f"imagesync: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -124,7 +124,7 @@ class Syncer:
     async def plan(self, rules: Sequence[Rule],
                    rule_errors: Sequence[RuleError] = ()) -> tuple[list[ImagePair], list[ImageOutcome]]:
         """Expand rules into image pairs, plus a failed outcome for each rule that cannot be expanded."""
-        failures = [ImageOutcome(error.rule_text, "", "failed", str(error)) for error in rule_errors]
+        failures = [ImageOutcome(error.rule_text, "", "failed", error.reason) for error in rule_errors]
 
         async def expand(rule: Rule) -> list[ImagePair]:
             tags: list[str] | None = None
@@ -138,7 +138,7 @@ class Syncer:
             try:
                 return expand_rule(rule, tags)
             except RuleError as exc:
-                failures.append(ImageOutcome(rule.text, "", "failed", str(exc)))
+                failures.append(ImageOutcome(rule.text, "", "failed", exc.reason))
                 return []
 
         expanded = await asyncio.gather(*(expand(rule) for rule in rules))
