@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from testbed.registry import MODE_OPTIONS, MakeRegistry, RegistryMode, RegistryProcess, registry_binary
 from testbed.skopeo import Skopeo, skopeo_binary
 from testbed.system import require_system_part

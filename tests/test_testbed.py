@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 import httpx
 import jwt
 import pytest
+
 from testbed import seed
 from testbed.registry import MakeRegistry, RegistryProcess, RegistryStartError
 from testbed.seed import RegistryAPI, SeedError

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["operator"]:
         from imagesync.controller.main import main as operator_main
 
-        return operator_main(argv[1:])
+        return int(operator_main(argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()

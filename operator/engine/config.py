@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from imagesync.engine.errors import ConfigError
 from imagesync.engine.reference import Repository, normalise_registry
 

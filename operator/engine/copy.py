@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 
 import httpx
+
 from imagesync.engine.config import AuthTable
 from imagesync.engine.errors import ImageSyncError, RegistryError, RuleError
 from imagesync.engine.manifest import (

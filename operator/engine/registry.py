@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
+
 from imagesync.engine.errors import RegistryError
 from imagesync.engine.manifest import ACCEPT, SCHEMA1_TYPES, Manifest, detect_media_type, sha256_digest
 from imagesync.engine.transport import (

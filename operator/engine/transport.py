@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
 from imagesync.engine.errors import RegistryError
 
 log = logging.getLogger(__name__)

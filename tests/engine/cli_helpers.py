@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from imagesync.cli.main import main
 from testbed.registry import RegistryProcess
 

@@ -8,6 +8,7 @@ import httpx
 import yaml
 from cli_helpers import auth_for
 from faults import FaultPlan, FaultyTransport, TagPagingTransport, is_blob_get
+
 from imagesync.engine.config import load_auth
 from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.registry import RegistryClient

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_helpers import auth_for
+
 from testbed import seed
 from testbed.registry import RegistryProcess
 

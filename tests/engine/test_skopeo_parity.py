@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cli_helpers import auth_for, run_sync
+
 from testbed import seed
 from testbed.registry import RegistryProcess
 from testbed.skopeo import Skopeo
