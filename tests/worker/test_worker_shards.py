@@ -1,0 +1,58 @@
+"""`imagesync worker` shards: each pod copies its share, together all images, none twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from testbed import seed
+from testbed.registry import RegistryProcess
+
+
+def write_config_dir(directory: Path, images: dict[str, str], auth: dict[str, object],
+                     options: dict[str, object]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "images.yaml").write_text(yaml.safe_dump(images))
+    (directory / "auth.yaml").write_text(yaml.safe_dump(auth))
+    (directory / "options.json").write_text(json.dumps(options))
+
+
+def run_worker(config_dir: Path, index: int, shards: int) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNC_", "JOB_COMPLETION"))}
+    env.update({"IMAGESYNC_CONFIG_DIR": str(config_dir), "JOB_COMPLETION_INDEX": str(index),
+                "IMAGESYNC_SHARDS": str(shards)})
+    return subprocess.run([sys.executable, "-m", "imagesync.cli.main", "worker"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_two_shards_cover_all_images_once(registry: RegistryProcess, registry2: RegistryProcess,
+                                          tmp_path: Path) -> None:
+    for i in range(8):
+        seed.push_image(registry, f"shard/app{i}", "1", seed=i)
+    images = {f"{registry.host}/shard/app{i}:1": f"{registry2.host}/shard/app{i}" for i in range(8)}
+    auth = {registry.host: {"insecure": True}, registry2.host: {"insecure": True}}
+    write_config_dir(tmp_path / "config", images, auth, {"proc": 4, "retries": 1})
+
+    mark = registry2.log_mark()
+    results = [run_worker(tmp_path / "config", index, 2) for index in range(2)]
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-1000:] for r in results]
+    synced = [int(line.split()[1]) for r in results for line in r.stdout.splitlines()
+              if line.startswith("Images:")]
+    assert sum(synced) == 8 and all(n > 0 for n in synced)
+    manifest_puts = [r.path for r in registry2.request_log(mark) if r.method == "PUT" and "/manifests/" in r.path]
+    assert sorted(manifest_puts) == sorted(f"/v2/shard/app{i}/manifests/1" for i in range(8))
+
+
+def test_bad_options_exit_2_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    write_config_dir(config, {}, {}, {})
+    (config / "options.json").write_text("{not json")
+    result = run_worker(config, 0, 1)
+    assert result.returncode == 2
+    assert "options.json: not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
