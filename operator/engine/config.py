@@ -134,16 +134,17 @@ def _read_document(path: str | Path) -> Any:
         raise ConfigError(f"{file}: invalid YAML{where}: {problem}") from None
 
 
-def _text_field(source: str, key: str, name: str, value: Any) -> str | None:
+def _text_field(source: str, key: str, name: str, value: Any, expand: bool = True) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         # YAML reads `password: 0123` as the number 83: refuse rather than log in with the wrong secret.
         raise ConfigError(f"{source}: auth entry {key!r}: {name} must be a string (quote it in YAML)")
-    return expand_env(value)
+    return expand_env(value) if expand else value
 
 
-def parse_auth(document: Any, source: str, base_dir: Path | None = None) -> AuthTable:
+def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expand: bool = True) -> AuthTable:
+    """``expand=False`` for files written from Secrets: a '$' in a password is a character, not a variable."""
     if document is None:
         return AuthTable({})
     if not isinstance(document, Mapping):
@@ -164,8 +165,9 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None) -> Auth
         ca_file = _text_field(source, key, "caFile", value.get("caFile", value.get("ca_file")))
         if ca_file and base_dir is not None and not os.path.isabs(ca_file):
             ca_file = str(base_dir / ca_file)  # relative to the auth file, as mounted Secrets need
-        entries[key] = AuthEntry(key, _text_field(source, key, "username", value.get("username")),
-                                 _text_field(source, key, "password", value.get("password")), insecure, ca_file)
+        entries[key] = AuthEntry(key, _text_field(source, key, "username", value.get("username"), expand),
+                                 _text_field(source, key, "password", value.get("password"), expand),
+                                 insecure, ca_file)
     return AuthTable(entries)
 
 
@@ -177,8 +179,8 @@ def parse_images(document: Any, source: str) -> dict[str, object]:
     return {str(k): v for k, v in document.items()}
 
 
-def load_auth(path: str | Path) -> AuthTable:
-    return parse_auth(_read_document(path), str(path), Path(path).resolve().parent)
+def load_auth(path: str | Path, *, expand: bool = True) -> AuthTable:
+    return parse_auth(_read_document(path), str(path), Path(path).resolve().parent, expand=expand)
 
 
 def load_images(path: str | Path) -> dict[str, object]:

@@ -143,15 +143,26 @@ class PlatformFilter:
 
     oses: tuple[str, ...] = ()
     arches: tuple[str, ...] = ()
+    # Exact platforms, "os/arch[/variant]" (the ImageSyncJob's `platforms`): any one must match.
+    platforms: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
-        return bool(self.oses or self.arches)
+        return bool(self.oses or self.arches or self.platforms)
 
     def matches(self, platform: dict[str, Any] | None) -> bool:
         p = platform or {}
+        if self.platforms and not any(_match_platform(wanted, p) for wanted in self.platforms):
+            return False
         return _match_any(self.oses, p.get("os"), p.get("os.version")) and _match_any(
             self.arches, p.get("architecture"), p.get("variant"))
+
+
+def _match_platform(wanted: str, platform: dict[str, Any]) -> bool:
+    os_name, _, rest = wanted.partition("/")
+    arch, _, variant = rest.partition("/")
+    return (os_name == platform.get("os") and arch == platform.get("architecture")
+            and (not variant or variant == platform.get("variant")))
 
 
 def _match_any(wanted: Sequence[str], value: Any, detail: Any) -> bool:
@@ -173,7 +184,7 @@ def filter_index(index: Manifest, platforms: PlatformFilter) -> Manifest:
     kept = [entry for entry, child in zip(body.get("manifests") or [], index.children(), strict=True)
             if platforms.matches(child.platform)]
     if not kept:
-        wanted = ", ".join(platforms.oses + platforms.arches)
+        wanted = ", ".join(platforms.oses + platforms.arches + platforms.platforms)
         available = ", ".join(c.platform_name for c in index.children()) or "none"
         raise ManifestError(f"no platform of the index matches the filter ({wanted}); available: {available}")
     if len(kept) == len(body.get("manifests") or []):

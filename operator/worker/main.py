@@ -65,7 +65,8 @@ def load_options(path: Path) -> WorkerOptions:
         sync_options = SyncOptions(
             proc=max(1, int(raw.get("proc", 5))), retries=max(0, int(raw.get("retries", 2))),
             force=bool(raw.get("force", False)), qps=float(raw["qps"]) if raw.get("qps") else None,
-            platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ())),
+            platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ()),
+                                     tuple(raw.get("platforms") or ())),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid option value: {exc}") from exc
@@ -90,7 +91,8 @@ async def run_worker(env: Mapping[str, str]) -> int:
     if not 0 <= shard_index < shard_count:
         raise ConfigError(f"shard index {shard_index} is outside 0..{shard_count - 1}")
     auth_path = config_dir / "auth.yaml"
-    auth = load_auth(str(auth_path)) if auth_path.is_file() else AuthTable({})
+    # Written by the operator from Secrets: no ${VAR} expansion, a '$' in a password stays a '$'.
+    auth = load_auth(str(auth_path), expand=False) if auth_path.is_file() else AuthTable({})
     images = load_images(str(config_dir / "images.yaml"))
     options = load_options(config_dir / "options.json")
     rules, rule_errors = parse_rules(images, options.default_registry, options.default_namespace)
@@ -110,7 +112,9 @@ async def run_worker(env: Mapping[str, str]) -> int:
     await reporter.aclose()
     print(summary(stats), flush=True)
     _write_termination_message(final)
-    return 1 if stats.failed() else 0
+    # The shard finished and its report says which images failed: a non-zero exit would only make the
+    # Job controller start the whole shard again, after the engine's own retry rounds already ran.
+    return 0
 
 
 def _write_termination_message(final: Mapping[str, Any]) -> None:

@@ -1,0 +1,176 @@
+"""RegistryCredentials and their Secrets -> the worker's auth file entries (pure).
+
+Messages name the Secret, its type and the missing key, never a value from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
+BASIC_AUTH = "kubernetes.io/basic-auth"
+OPAQUE = "Opaque"
+
+
+class CredentialError(Exception):
+    """Why a RegistryCredential cannot be used; ``reason`` is a condition reason (CamelCase)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ResolvedCredential:
+    name: str  # the RegistryCredential
+    registry: str  # its spec.registry: the auth file key
+    username: str | None
+    password: str | None
+    insecure: bool
+    ca_pem: str | None
+
+
+def _decode(secret: Mapping[str, Any], key: str) -> str | None:
+    """A Secret value: ``data`` is base64 (what the API server returns); ``stringData`` is write-only
+    on a real server but kept by emulators, so both are read."""
+    data = secret.get("data") or {}
+    if key in data:
+        try:
+            return base64.b64decode(data[key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, TypeError) as exc:
+            name = (secret.get("metadata") or {}).get("name", "?")
+            raise CredentialError("InvalidSecret", f"Secret {name!r}: key {key!r} is not valid base64 text") \
+                from exc
+    string_data = secret.get("stringData") or {}
+    value = string_data.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _registry_host(registry: str) -> str:
+    return registry.split("/", 1)[0]
+
+
+def _dockerconfig_entry(config_text: str, registry: str, secret_name: str) -> tuple[str, str]:
+    try:
+        config = json.loads(config_text)
+    except ValueError as exc:
+        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: .dockerconfigjson is not JSON") from exc
+    auths = config.get("auths") if isinstance(config, Mapping) else None
+    if not isinstance(auths, Mapping):
+        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: .dockerconfigjson has no 'auths'")
+    host = _registry_host(registry)
+    hub = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+    def normalise(key: str) -> str:
+        key = key.removeprefix("https://").removeprefix("http://").split("/", 1)[0]
+        return "docker.io" if key in hub else key
+
+    wanted = "docker.io" if host in hub else host
+    for key, entry in auths.items():
+        if normalise(str(key)) != wanted or not isinstance(entry, Mapping):
+            continue
+        username, password = entry.get("username"), entry.get("password")
+        if isinstance(username, str) and isinstance(password, str):
+            return username, password
+        if isinstance(entry.get("auth"), str):
+            try:
+                user, _, pw = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: the 'auth' of {key!r} "
+                                                       f"is not base64 user:password") from exc
+            return user, pw
+        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: entry {key!r} has no credentials")
+    raise CredentialError("NoEntryForRegistry",
+                          f"Secret {secret_name!r} has no .dockerconfigjson entry for registry {host!r}")
+
+
+def resolve_credential(regcred: Mapping[str, Any], secret: Mapping[str, Any] | None,
+                       ca_source: Mapping[str, Any] | None = None) -> ResolvedCredential:
+    """One RegistryCredential with its Secret (None when it does not exist) and CA source object."""
+    name = (regcred.get("metadata") or {}).get("name", "?")
+    spec = regcred.get("spec") or {}
+    registry = spec.get("registry")
+    if not isinstance(registry, str) or not registry:
+        raise CredentialError("InvalidSpec", f"RegistryCredential {name!r}: spec.registry is required")
+    username = password = None
+    secret_ref = spec.get("secretRef")
+    if secret_ref:
+        secret_name = secret_ref.get("name", "")
+        if secret is None:
+            raise CredentialError("SecretMissing", f"Secret {secret_name!r} not found in this namespace")
+        secret_type = secret.get("type") or OPAQUE
+        if secret_type == DOCKERCONFIGJSON:
+            config_text = _decode(secret, ".dockerconfigjson")
+            if config_text is None:
+                raise CredentialError("InvalidSecret", f"Secret {secret_name!r} has no .dockerconfigjson key")
+            username, password = _dockerconfig_entry(config_text, registry, secret_name)
+        elif secret_type in (BASIC_AUTH, OPAQUE):
+            username, password = _decode(secret, "username"), _decode(secret, "password")
+            if username is None or password is None:
+                missing = [k for k, v in (("username", username), ("password", password)) if v is None]
+                raise CredentialError("InvalidSecret", f"Secret {secret_name!r} ({secret_type}) lacks the "
+                                                       f"key(s) {', '.join(missing)}")
+        else:
+            raise CredentialError("WrongSecretType",
+                                  f"Secret {secret_name!r} has type {secret_type!r}; expected {DOCKERCONFIGJSON}, "
+                                  f"{BASIC_AUTH}, or {OPAQUE} with username and password")
+    return ResolvedCredential(name, registry, username, password, bool(spec.get("insecure", False)),
+                              _ca_pem(spec.get("caBundle"), ca_source, name))
+
+
+def _ca_pem(bundle: Any, source: Mapping[str, Any] | None, name: str) -> str | None:
+    if not bundle:
+        return None
+    if isinstance(bundle.get("inline"), str):
+        return str(bundle["inline"])
+    ref = bundle.get("secretKeyRef") or bundle.get("configMapKeyRef")
+    kind = "Secret" if bundle.get("secretKeyRef") else "ConfigMap"
+    if not isinstance(ref, Mapping):
+        raise CredentialError("InvalidSpec", f"RegistryCredential {name!r}: caBundle needs inline, "
+                                             f"secretKeyRef or configMapKeyRef")
+    if source is None:
+        raise CredentialError("CABundleMissing", f"{kind} {ref.get('name')!r} for the CA bundle not found")
+    key = str(ref.get("key"))
+    value = _decode(source, key) if kind == "Secret" else (source.get("data") or {}).get(key)
+    if not isinstance(value, str) or not value:
+        raise CredentialError("CABundleMissing", f"{kind} {ref.get('name')!r} has no key {key!r}")
+    return value
+
+
+def select_credentials(names: Sequence[str] | None,
+                       regcreds: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The RegistryCredentials a job uses (all of the namespace when it names none), and names not found."""
+    by_name = {(r.get("metadata") or {}).get("name"): r for r in regcreds}
+    if names is None:
+        return [by_name[n] for n in sorted(n for n in by_name if n)], []
+    return [by_name[n] for n in names if n in by_name], [n for n in names if n not in by_name]
+
+
+def auth_document(credentials: Sequence[ResolvedCredential]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The worker's ``auth.yaml`` (image-syncer format; CA files by relative name) and the CA files.
+
+    Two credentials for the same registry key: the first by name wins (deterministic).
+    """
+    auth: dict[str, Any] = {}
+    ca_files: dict[str, str] = {}
+    for credential in sorted(credentials, key=lambda c: c.name):
+        if credential.registry in auth:
+            continue
+        entry: dict[str, Any] = {}
+        if credential.username is not None:
+            entry["username"] = credential.username
+            entry["password"] = credential.password or ""
+        if credential.insecure:
+            entry["insecure"] = True
+        if credential.ca_pem:
+            file_name = f"ca-{len(ca_files)}.pem"
+            ca_files[file_name] = credential.ca_pem
+            entry["caFile"] = file_name
+        auth[credential.registry] = entry
+    return auth, ca_files

@@ -1,0 +1,371 @@
+"""kopf handlers: one small handler per concern; decisions come from the pure modules beside this one.
+
+- ImageSyncJob created/changed/resumed -> validate, resolve credentials, start a run (Secret + Job), or
+  queue the change when a run is active, or stay Suspended.
+- Worker Pod events (progress annotations, phases) -> fold the shards' reports into the status, live.
+- Job finished -> final phase, counts, failed images, events; start the queued run if any.
+- Timer on scheduled ImageSyncJobs -> start a run when the cron schedule is due (never two at once).
+- RegistryCredential created/changed, and periodically -> Ready condition.
+
+Handlers are synchronous (kopf runs them in threads) because they use the synchronous Kubernetes
+client; they are registered into a registry the caller provides, so tests get a fresh one each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from imagesync.controller import credentials as creds
+from imagesync.controller.kube import CREDS_PLURAL, GROUP, JOBS_PLURAL, VERSION, Kube
+from imagesync.controller.render import (
+    LABEL_JOB,
+    LABEL_RUN,
+    PROGRESS_ANNOTATION,
+    render_config_secret,
+    render_job,
+    run_name,
+)
+from imagesync.controller.schedule import is_due, next_fire
+from imagesync.controller.settings import OperatorSettings
+from imagesync.controller.spec import JobSpec, SpecError, parse_job_spec
+from imagesync.controller.status import final_phase, fold_progress, make_condition
+
+log = logging.getLogger(__name__)
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+ZERO_PROGRESS = fold_progress({}, 1)["progress"]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: OperatorSettings
+    schedule_interval: float = 30.0
+    credential_check_interval: float = 300.0
+
+
+def post_event(obj: Mapping[str, Any], type_: str, *, reason: str, message: str) -> None:
+    """A Kubernetes Event on ``obj`` (kopf posts it; messages never carry credentials)."""
+    kopf.event(obj, type=type_, reason=reason, message=message)  # type: ignore[arg-type]  # any mapping works
+
+
+# -- decisions with I/O around them ---------------------------------------------------------------
+
+
+class RunBlocked(Exception):
+    """A run cannot start: bad spec or credentials. Carries the condition to show."""
+
+    def __init__(self, condition: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.condition, self.reason, self.message = condition, reason, message
+
+
+def run_active(status: Mapping[str, Any]) -> bool:
+    return bool(status.get("jobName")) and not status.get("completionTime")
+
+
+def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> tuple[dict[str, Any], dict[str, str]]:
+    selected, missing = creds.select_credentials(spec.credentials, ctx.kube.list_regcreds(namespace))
+    if missing:
+        raise RunBlocked("CredentialsReady", "CredentialMissing",
+                         f"RegistryCredential(s) not found in {namespace}: {', '.join(missing)}")
+    resolved = []
+    for regcred in selected:
+        name = regcred["metadata"]["name"]
+        spec_ = regcred.get("spec") or {}
+        secret_ref = spec_.get("secretRef") or {}
+        secret = ctx.kube.get_secret(namespace, secret_ref["name"]) if secret_ref.get("name") else None
+        ca_source = None
+        bundle = spec_.get("caBundle") or {}
+        if bundle.get("secretKeyRef"):
+            ca_source = ctx.kube.get_secret(namespace, bundle["secretKeyRef"]["name"])
+        elif bundle.get("configMapKeyRef"):
+            ca_source = ctx.kube.get_configmap(namespace, bundle["configMapKeyRef"]["name"])
+        try:
+            resolved.append(creds.resolve_credential(regcred, secret, ca_source))
+        except creds.CredentialError as exc:
+            raise RunBlocked("CredentialsReady", exc.reason, f"RegistryCredential {name!r}: {exc.message}") from exc
+    return creds.auth_document(resolved)
+
+
+def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """Create the next run's Secret and Job; return the status patch. Idempotent by deterministic names."""
+    meta, status = isj["metadata"], isj.get("status") or {}
+    try:
+        spec = parse_job_spec(isj.get("spec"))
+    except SpecError as exc:
+        raise RunBlocked("Valid", "InvalidSpec", str(exc)) from exc
+    auth, ca_files = resolve_credentials(ctx, meta["namespace"], spec)
+    run = int(status.get("run") or 0) + 1
+    secret = render_config_secret(isj, run, spec, auth, ca_files)
+    job = render_job(isj, run, spec, ctx.settings)
+    ctx.kube.create(secret)
+    created = ctx.kube.create(job)
+    generation = meta.get("generation", 1)
+    conditions = make_condition(status.get("conditions"), "Valid", "True", "SpecValid", "spec is valid",
+                                generation, now_iso())
+    conditions = make_condition(conditions, "CredentialsReady", "True", "Resolved",
+                                f"{len(auth)} registry credential(s) resolved", generation, now_iso())
+    conditions = make_condition(conditions, "RunQueued", "False", "NothingQueued", "", generation, now_iso())
+    conditions = make_condition(conditions, "Complete", "False", "Running", f"run {run} started ({reason})",
+                                generation, now_iso())
+    if created:
+        post_event(isj, "Normal", reason="RunStarted", message=f"run {run}: Job {job['metadata']['name']} ({reason})")
+    return {
+        "phase": "Pending", "run": run, "runGeneration": generation, "observedGeneration": generation,
+        "jobName": job["metadata"]["name"], "secretName": secret["metadata"]["name"],
+        "startTime": now_iso(), "completionTime": None, "pendingGeneration": None,
+        "progress": dict(ZERO_PROGRESS), "failedImages": [], "failedImagesTotal": 0, "shards": [],
+        "syncedSummary": "0/?", "progressSummary": "-", "conditions": conditions,
+    }
+
+
+def blocked_status(isj: Mapping[str, Any], exc: RunBlocked) -> dict[str, Any]:
+    status = isj.get("status") or {}
+    generation = isj["metadata"].get("generation", 1)
+    conditions = make_condition(status.get("conditions"), exc.condition, "False", exc.reason, exc.message,
+                                generation, now_iso())
+    if exc.condition != "Valid":
+        conditions = make_condition(conditions, "Valid", "True", "SpecValid", "spec is valid", generation,
+                                    now_iso())
+    post_event(isj, "Warning", reason=exc.reason, message=exc.message)
+    return {"phase": "Failed", "observedGeneration": generation, "conditions": conditions}
+
+
+def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """What to do with an ImageSyncJob whose spec is new, changed, or seen again after a restart."""
+    meta, status = isj["metadata"], isj.get("status") or {}
+    generation = meta.get("generation", 1)
+    if run_active(status):
+        if status.get("runGeneration") != generation and status.get("pendingGeneration") != generation:
+            post_event(isj, "Normal", reason="RunQueued",
+                      message=f"spec changed during run {status.get('run')}: the next run starts when it ends")
+            return {"pendingGeneration": generation, "conditions": make_condition(
+                status.get("conditions"), "RunQueued", "True", "SpecChanged",
+                f"generation {generation} waits for run {status.get('run')} to finish", generation, now_iso())}
+        return {}
+    if status.get("runGeneration") == generation and reason == "resume":
+        return {}  # the run for this spec already happened; a restart starts nothing new
+    try:
+        spec = parse_job_spec(isj.get("spec"))
+        if spec.suspend:
+            return {"phase": "Suspended", "observedGeneration": generation, "conditions": make_condition(
+                status.get("conditions"), "Suspended", "True", "Suspended", "spec.suspend is true",
+                generation, now_iso())}
+        patch = start_run(ctx, isj, reason)
+    except RunBlocked as exc:
+        return blocked_status(isj, exc)
+    patch["conditions"] = make_condition(patch["conditions"], "Suspended", "False", "Active", "", generation,
+                                         now_iso())
+    if spec.schedule:
+        # The run a create or spec change starts counts as this period's scheduled run.
+        patch["lastScheduleTime"] = now_iso()
+        patch["nextScheduleTime"] = next_fire(spec.schedule, dt.datetime.now(dt.UTC)).isoformat().replace(
+            "+00:00", "Z")
+    return patch
+
+
+def shard_reports(ctx: Context, namespace: str, isj_name: str, run: int) -> tuple[dict[int, Any], dict[int, str]]:
+    """Latest report and pod phase per completion index (a retried pod replaces its predecessor)."""
+    pods = ctx.kube.list_pods(namespace, {LABEL_JOB: isj_name, LABEL_RUN: str(run)})
+    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    reports: dict[int, Any] = {}
+    phases: dict[int, str] = {}
+    for pod in pods:
+        meta = pod["metadata"]
+        index_text = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or \
+            (meta.get("labels") or {}).get(COMPLETION_INDEX) or "0"
+        try:
+            index = int(index_text)
+        except ValueError:
+            continue
+        raw = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
+        if raw:
+            try:
+                report = json.loads(raw)
+            except ValueError:
+                log.warning("pod %s has an unreadable progress annotation", meta.get("name"))
+                report = None
+            if isinstance(report, dict):
+                reports[index] = report
+        phases[index] = (pod.get("status") or {}).get("phase") or "Pending"
+    return reports, phases
+
+
+def fold_live(ctx: Context, isj: Mapping[str, Any]) -> dict[str, Any] | None:
+    status = isj.get("status") or {}
+    if not run_active(status):
+        return None
+    spec = isj.get("spec") or {}
+    shards = int(spec.get("parallelism") or 1)
+    reports, phases = shard_reports(ctx, isj["metadata"]["namespace"], isj["metadata"]["name"],
+                                    int(status["run"]))
+    folded = fold_progress(reports, shards, phases)
+    folded["phase"] = "Running" if reports or "Running" in phases.values() else "Pending"
+    return folded
+
+
+def job_outcome(job: Mapping[str, Any]) -> str | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return str(condition["type"])
+    return None
+
+
+def finish_run(ctx: Context, isj: Mapping[str, Any], outcome: str) -> dict[str, Any]:
+    status = isj.get("status") or {}
+    folded = fold_live(ctx, isj) or {}
+    progress = folded.get("progress", ZERO_PROGRESS)
+    shards = folded.get("shards", [])
+    all_done = bool(shards) and all(row.get("state") == "Succeeded" for row in shards)
+    phase = final_phase(progress, outcome == "Failed", all_done)
+    generation = isj["metadata"].get("generation", 1)
+    message = (f"run {status.get('run')}: {progress['imagesSynced']} synced, {progress['imagesSkipped']} "
+               f"up to date, {progress['imagesFailed']} failed of {progress['imagesTotal']}")
+    if outcome == "Failed" and not all_done:
+        message += "; worker pods failed (see the Job's pods and their logs)"
+    patch = dict(folded)
+    patch.update(phase=phase, completionTime=now_iso(), conditions=make_condition(
+        status.get("conditions"), "Complete", "True", phase, message, generation, now_iso()))
+    if phase == "Succeeded":
+        post_event(isj, "Normal", reason="RunSucceeded", message=message)
+    else:
+        post_event(isj, "Warning", reason=f"Run{phase}", message=message)
+    return patch
+
+
+def merged(isj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The ISJ as it will be once ``patch`` is applied to its status (for a follow-up decision)."""
+    status = {k: v for k, v in {**(isj.get("status") or {}), **patch}.items() if v is not None}
+    return {**isj, "status": status}
+
+
+# -- registration --------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    """Register every handler into ``registry`` (a fresh one per operator, so tests stay isolated)."""
+    jobs = kopf.on  # alias for readability below
+
+    @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
+    def isj_created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        patch.status.update(reconcile(ctx, body, "created"))
+
+    @jobs.update(GROUP, VERSION, JOBS_PLURAL, field="spec", registry=registry)
+    def isj_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        patch.status.update(reconcile(ctx, body, "spec changed"))
+
+    @jobs.resume(GROUP, VERSION, JOBS_PLURAL, registry=registry)
+    def isj_resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        patch.status.update(reconcile(ctx, body, "resume"))
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
+                   registry=registry)
+    def worker_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+        meta = body["metadata"]
+        isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
+        if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
+            return  # a pod of an older run, or of a deleted ImageSyncJob
+        folded = fold_live(ctx, isj)
+        if folded:
+            ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], folded)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
+                   registry=registry)
+    def worker_job_changed(body: kopf.Body, **_: Any) -> None:
+        outcome = job_outcome(body)
+        if outcome is None:
+            return
+        meta = body["metadata"]
+        isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
+        if isj is None:
+            return
+        status = isj.get("status") or {}
+        if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
+            return  # already folded (a re-delivered event) or an older run
+        patch = finish_run(ctx, isj, outcome)
+        after = merged(isj, patch)
+        if status.get("pendingGeneration") or status.get("runGeneration") != isj["metadata"].get("generation", 1):
+            patch.update(reconcile(ctx, after, "queued spec change"))
+        ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], patch)
+
+    @kopf.timer(GROUP, VERSION, JOBS_PLURAL, interval=ctx.schedule_interval, registry=registry,
+                when=lambda spec, **_: bool(spec.get("schedule")))
+    def isj_schedule(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+        now = dt.datetime.now(dt.UTC)
+        cron = str(spec["schedule"])
+        if spec.get("suspend") or run_active(status):
+            return  # never two runs at once: a due fire waits for the active run to end
+        last = parse_time(status.get("lastScheduleTime"))
+        created = parse_time(body["metadata"].get("creationTimestamp")) or now
+        if not is_due(cron, last, created, now):
+            if not status.get("nextScheduleTime"):
+                patch.status["nextScheduleTime"] = next_fire(cron, last or created).isoformat()
+            return
+        update = reconcile(ctx, body, "schedule")
+        update["lastScheduleTime"] = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        update["nextScheduleTime"] = next_fire(cron, now).isoformat().replace("+00:00", "Z")
+        patch.status.update(update)
+
+    def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:
+        namespace = body["metadata"]["namespace"]
+        spec = body.get("spec") or {}
+        generation = body["metadata"].get("generation", 1)
+        secret_name = (spec.get("secretRef") or {}).get("name")
+        secret = ctx.kube.get_secret(namespace, secret_name) if secret_name else None
+        bundle = spec.get("caBundle") or {}
+        ca_source = None
+        if bundle.get("secretKeyRef"):
+            ca_source = ctx.kube.get_secret(namespace, bundle["secretKeyRef"]["name"])
+        elif bundle.get("configMapKeyRef"):
+            ca_source = ctx.kube.get_configmap(namespace, bundle["configMapKeyRef"]["name"])
+        try:
+            creds.resolve_credential(body, secret, ca_source)
+            state, reason, message = "True", "SecretValid", "credentials found for " + str(spec.get("registry"))
+        except creds.CredentialError as exc:
+            state, reason, message = "False", exc.reason, exc.message
+        previous = (body.get("status") or {}).get("conditions")
+        was = next((c for c in previous or [] if c.get("type") == "Ready"), None)
+        if state == "False" and (was is None or was.get("status") != "False" or was.get("reason") != reason):
+            post_event(body, "Warning", reason=reason, message=message)
+        patch.status.update(observedGeneration=generation, lastCheckTime=now_iso(),
+                            conditions=make_condition(previous, "Ready", state, reason, message, generation,
+                                                      now_iso()))
+
+    @kopf.on.create(GROUP, VERSION, CREDS_PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, CREDS_PLURAL, field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, CREDS_PLURAL, registry=registry)
+    def credential_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        check_credential(body, patch)
+
+    @kopf.timer(GROUP, VERSION, CREDS_PLURAL, interval=ctx.credential_check_interval, registry=registry)
+    def credential_recheck(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        # A Secret created, fixed or deleted after the RegistryCredential shows up here.
+        check_credential(body, patch)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings shared by the operator and the tests."""
+    # Keep kopf's bookkeeping in annotations: a real API server prunes status.kopf (not in our schema).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="imagesync.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="imagesync.dev")
+    settings.posting.level = logging.WARNING  # events for warnings only from kopf itself; ours are explicit
+
+
+__all__ = ["Context", "configure", "register", "run_name"]

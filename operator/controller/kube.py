@@ -1,0 +1,86 @@
+"""The few Kubernetes API calls the handlers make, as plain dicts (sync client: handlers run in threads)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+
+GROUP, VERSION = "imagesync.dev", "v1alpha1"
+JOBS_PLURAL, CREDS_PLURAL = "imagesyncjobs", "registrycredentials"
+
+Obj = dict[str, Any]
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    @staticmethod
+    def _json(response: Any) -> Obj:
+        data = response.data
+        parsed: Obj = json.loads(data) if data else {}
+        return parsed
+
+    def _get(self, call: Any, *args: Any) -> Obj | None:
+        try:
+            return self._json(call(*args, _preload_content=False))
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.core.read_namespaced_secret, name, namespace)
+
+    def get_configmap(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.core.read_namespaced_config_map, name, namespace)
+
+    def get_job(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.batch.read_namespaced_job, name, namespace)
+
+    def get_isj(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, JOBS_PLURAL, name)
+
+    def list_regcreds(self, namespace: str) -> list[Obj]:
+        result = self._json(self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, CREDS_PLURAL, _preload_content=False))
+        items: list[Obj] = result.get("items") or []
+        return items
+
+    def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        result = self._json(self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                                          _preload_content=False))
+        # Filter again: an emulator may ignore the selector, and a wrong pod here would corrupt status.
+        return [pod for pod in result.get("items") or []
+                if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create; False when it already exists (a re-delivered event or a restart: not an error)."""
+        namespace = obj["metadata"]["namespace"]
+        try:
+            if obj["kind"] == "Secret":
+                self.core.create_namespaced_secret(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
+            elif obj["kind"] == "Job":
+                self.batch.create_namespaced_job(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
+            else:
+                raise ValueError(f"cannot create {obj['kind']}")
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def patch_isj_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, JOBS_PLURAL, name, {"status": dict(status)}, _preload_content=False)
+
+    def patch_regcred_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, CREDS_PLURAL, name, {"status": dict(status)}, _preload_content=False)

@@ -1,0 +1,141 @@
+"""ImageSyncJob spec -> a validated :class:`JobSpec`, or a :class:`SpecError` a user can act on.
+
+The CRD schema rejects most bad input at the API server; this checks what a schema cannot express
+(the rule language, cron syntax) and everything again, because the operator must never crash on an
+object that reached it some other way (an older CRD, an emulator, a disabled validation).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from croniter import croniter
+
+from imagesync.engine.rules import parse_rules
+
+_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+
+
+class SpecError(ValueError):
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field_path = field_path
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    image: str | None = None
+    service_account: str | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    images: Mapping[str, object]
+    default_registry: str | None = None
+    default_namespace: str | None = None
+    credentials: tuple[str, ...] | None = None  # None: every RegistryCredential of the namespace
+    platforms: tuple[str, ...] = ()
+    concurrency: int = 5
+    retries: int = 2
+    qps: float = 0.0
+    force: bool = False
+    parallelism: int = 1
+    suspend: bool = False
+    schedule: str | None = None
+    worker: WorkerSpec = field(default_factory=WorkerSpec)
+
+
+def _int(spec: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = spec.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"spec.{name}", f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"spec.{name}", f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool(spec: Mapping[str, Any], name: str) -> bool:
+    value = spec.get(name, False)
+    if not isinstance(value, bool):
+        raise SpecError(f"spec.{name}", f"must be true or false, got {value!r}")
+    return value
+
+
+def _strings(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(path, "must be a list of non-empty strings")
+    return tuple(value)
+
+
+def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec", "missing")
+    images = spec.get("images")
+    if not isinstance(images, Mapping) or not images:
+        raise SpecError("spec.images", "must map at least one source to its target(s)")
+
+    default = spec.get("defaultTarget")
+    default_registry = default_namespace = None
+    if default is not None:
+        if not isinstance(default, Mapping) or not all(isinstance(default.get(k), str) and default.get(k)
+                                                       for k in ("registry", "namespace")):
+            raise SpecError("spec.defaultTarget", "needs both registry and namespace")
+        default_registry, default_namespace = default["registry"], default["namespace"]
+
+    _, rule_errors = parse_rules(dict(images), default_registry, default_namespace)
+    if rule_errors:
+        listed = "; ".join(str(e) for e in rule_errors[:5])
+        more = f" (and {len(rule_errors) - 5} more)" if len(rule_errors) > 5 else ""
+        raise SpecError("spec.images", f"{listed}{more}")
+
+    credentials = None
+    if spec.get("credentials") is not None:
+        credentials = _strings(spec["credentials"], "spec.credentials")
+    platforms = _strings(spec.get("platforms") or [], "spec.platforms")
+    for platform in platforms:
+        if not _PLATFORM.fullmatch(platform):
+            raise SpecError("spec.platforms", f"{platform!r} is not os/arch[/variant] (e.g. linux/arm64/v8)")
+
+    qps = spec.get("qps", 0)
+    if isinstance(qps, bool) or not isinstance(qps, int | float) or qps < 0 or not math.isfinite(qps):
+        raise SpecError("spec.qps", f"must be a number >= 0, got {qps!r}")
+
+    schedule = spec.get("schedule")
+    if schedule is not None and (not isinstance(schedule, str) or not croniter.is_valid(schedule)):
+        raise SpecError("spec.schedule", f"{schedule!r} is not a valid cron expression")
+
+    return JobSpec(
+        images=dict(images), default_registry=default_registry, default_namespace=default_namespace,
+        credentials=credentials, platforms=platforms,
+        concurrency=_int(spec, "concurrency", 5, 1, 256), retries=_int(spec, "retries", 2, 0, 20),
+        qps=float(qps), force=_bool(spec, "force"), parallelism=_int(spec, "parallelism", 1, 1, 100),
+        suspend=_bool(spec, "suspend"), schedule=schedule, worker=_worker(spec.get("worker")),
+    )
+
+
+def _worker(worker: Any) -> WorkerSpec:
+    if worker is None:
+        return WorkerSpec()
+    if not isinstance(worker, Mapping):
+        raise SpecError("spec.worker", "must be an object")
+    for key in ("image", "serviceAccountName"):
+        if key in worker and not (isinstance(worker[key], str) and worker[key]):
+            raise SpecError(f"spec.worker.{key}", "must be a non-empty string")
+    for key in ("resources", "nodeSelector"):
+        if key in worker and not isinstance(worker[key], Mapping):
+            raise SpecError(f"spec.worker.{key}", "must be an object")
+    tolerations = worker.get("tolerations") or []
+    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
+        raise SpecError("spec.worker.tolerations", "must be a list of tolerations")
+    return WorkerSpec(
+        image=worker.get("image"), service_account=worker.get("serviceAccountName"),
+        resources=dict(worker.get("resources") or {}), node_selector=dict(worker.get("nodeSelector") or {}),
+        tolerations=tuple(dict(t) for t in tolerations),
+    )
