@@ -163,7 +163,10 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     if status.get("runGeneration") == generation and reason == "resume":
         return {}  # the run for this spec already happened; a restart starts nothing new
     try:
-        spec = parse_job_spec(isj.get("spec"))
+        try:
+            spec = parse_job_spec(isj.get("spec"))
+        except SpecError as exc:
+            raise RunBlocked("Valid", "InvalidSpec", str(exc)) from exc
         if spec.suspend:
             return {"phase": "Suspended", "observedGeneration": generation, "conditions": make_condition(
                 status.get("conditions"), "Suspended", "True", "Suspended", "spec.suspend is true",

@@ -1,0 +1,169 @@
+"""kmock 0.8's KubernetesEmulator, closer to a real API server where the operator depends on it.
+
+Stock kmock is a database over HTTP (see ../shared/notes/kubernetes-api-in-tests.md). This adds what
+kopf and our handlers rely on:
+
+- server-managed metadata: uid, creationTimestamp, resourceVersion (bumped on every write),
+  generation (bumped on spec changes), names from generateName;
+- the status subresource: a write to /status changes only status, a write to the object never does;
+- 201 Created on create;
+- garbage collection: deleting an owner deletes what names it in ownerReferences (cascading).
+
+Everything else (admission, schema validation, pruning, RBAC) stays absent: the schema tests and the
+e2e suite against a real cluster cover those.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import itertools
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+import yaml
+from kmock._internal import enums, rendering, references
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@attrs.define(eq=False)
+class Emulator(kmock.KubernetesEmulator):
+    _rv: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+
+    def declare_crds(self, directory: Path = ROOT / "crds") -> None:
+        """Register the project's CRDs from crds/*.yaml, as an API server learns them."""
+        for path in sorted(directory.glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                info = self.resources[f"{spec['group']}/{version['name']}/{spec['names']['plural']}"]
+                info.kind = spec["names"]["kind"]
+                info.singular = spec["names"]["singular"]
+                info.namespaced = spec["scope"] == "Namespaced"
+                info.shortnames = set(spec["names"].get("shortNames", []))
+                info.categories = set(spec["names"].get("categories", []))
+                info.verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+                info.subresources = set((version.get("subresources") or {}).keys())
+
+    def _has_status_subresource(self, resource: references.resource | None) -> bool:
+        if resource is None:
+            return False
+        for known in self.resources:
+            if known == resource:
+                return "status" in self.resources[known].subresources
+        return False
+
+    def _stored(self, request: rendering.Request) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        if key in self._objects and not self._objects[key].deleted:
+            raw: dict[str, Any] = self._objects[key].raw
+            return raw
+        return None
+
+    def _rewrite(self, request: rendering.Request) -> rendering.Request:
+        """Add what the API server manages to a write before kmock stores it."""
+        if request.resource is None or not isinstance(request.data, dict):
+            return request
+        data = copy.deepcopy(request.data)
+        if request.action == enums.action.CREATE:
+            meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + secrets.token_hex(3)
+            meta.setdefault("namespace", request.namespace) if request.namespace else None
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = _now()
+            meta["resourceVersion"] = str(next(self._rv))
+            meta["generation"] = 1
+            if self._has_status_subresource(request.resource):
+                data.pop("status", None)
+            return _replace_data(request, data)
+        if request.action == enums.action.UPDATE:
+            stored = self._stored(request)
+            subresource_status = self._has_status_subresource(request.resource)
+            if request.subresource == "status":
+                data = {"status": data.get("status")}
+            elif subresource_status:
+                data.pop("status", None)
+            meta = data.setdefault("metadata", {})
+            for managed in ("uid", "creationTimestamp", "generation"):
+                meta.pop(managed, None)
+            meta["resourceVersion"] = str(next(self._rv))
+            if stored is not None and "spec" in data and request.subresource != "status":
+                merged_spec = _merge(copy.deepcopy(stored.get("spec") or {}), data["spec"])
+                if merged_spec != stored.get("spec"):
+                    meta["generation"] = int(stored["metadata"].get("generation", 1)) + 1
+            return _replace_data(request, data)
+        return request
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        deleted_uid = None
+        if request.action == enums.action.DELETE and request.name is not None:
+            stored = self._stored(request)
+            deleted_uid = (stored or {}).get("metadata", {}).get("uid")
+        response = await super()._handle(self._rewrite(request))
+        if request.action == enums.action.CREATE and response.status == 200 and not response.prepared:
+            response.set_status(201)
+        if deleted_uid and response.status < 300:
+            await self._collect_garbage({deleted_uid})
+        return response
+
+    async def _collect_garbage(self, owners: set[str]) -> None:
+        """Delete every object owned by a deleted one, then what those owned, like the GC controller."""
+        while owners:
+            doomed = []
+            async with self._lock:
+                for key, obj in list(self._objects.items()):
+                    if obj.deleted:
+                        continue
+                    refs = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+                    if any(ref.get("uid") in owners for ref in refs):
+                        doomed.append((key, obj))
+                owners = set()
+                for (resource, _, _), obj in doomed:
+                    raw = obj.raw
+                    owners.add(raw["metadata"].get("uid"))
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The stored object (for assertions), or None."""
+        key = (references.resource(resource), namespace, name)
+        if key in self._objects and not self._objects[key].deleted:
+            raw: dict[str, Any] = self._objects[key].raw
+            return raw
+        return None
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        wanted = references.resource(resource)
+        return [obj.raw for (res, ns, _), obj in self._objects.items()
+                if res == wanted and not obj.deleted and (namespace is None or ns == namespace)]
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    for key, value in patch.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _replace_data(request: rendering.Request, data: dict[str, Any]) -> rendering.Request:
+    # The Request is frozen and attrs.evolve() loses what kmock's reactions match on; its payload dict
+    # is the one kmock stores, so it is rewritten in place.
+    request.data.clear()
+    request.data.update(data)
+    return request

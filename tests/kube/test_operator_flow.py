@@ -1,0 +1,159 @@
+"""The operator end to end against the emulator: real registries, real worker subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kube.conftest import Cluster, Operator
+from kube.jobplayer import JobPlayer
+from kube.objects import NAMESPACE, basic_auth_secret, dockerconfig_secret, isj, regcred
+from testbed import seed
+from testbed.registry import RegistryProcess
+
+
+async def test_two_shard_run_goes_pending_running_succeeded(cluster: Cluster, operator: Operator,
+                                                            player: JobPlayer, registry: RegistryProcess,
+                                                            registry2: RegistryProcess) -> None:
+    images = [seed.push_image(registry, f"team/app{i}", "1", layers=(200_000,), seed=i) for i in range(6)]
+    await cluster.create(regcred("source", registry.host))
+    await cluster.create(regcred("target", registry2.host))
+    await cluster.create(isj("mirror", {f"{registry.host}/team/app{i}:1": f"{registry2.host}/mirror/app{i}"
+                                        for i in range(6)}, parallelism=2))
+
+    status = await cluster.wait_status("mirror", lambda s: s.get("phase") == "Pending", "Pending")
+    assert status["run"] == 1 and status["jobName"] == "mirror-r1"
+    (job,) = cluster.jobs()
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    assert job["metadata"]["ownerReferences"][0]["name"] == "mirror"
+
+    runs = await player.play(NAMESPACE, "mirror-r1")
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-800:] for r in runs]
+    status = await cluster.wait_status("mirror", lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    progress = status["progress"]
+    assert (progress["imagesTotal"], progress["imagesSynced"], progress["imagesFailed"]) == (6, 6, 0)
+    assert progress["percent"] == 100.0 and status["syncedSummary"] == "6/6"
+    assert [s["state"] for s in status["shards"]] == ["Succeeded", "Succeeded"]
+    assert sum(s["imagesTotal"] for s in status["shards"]) == 6
+    for i, image in enumerate(images):
+        assert seed.get_manifest(registry2, f"mirror/app{i}", "1")[2] == image.digest
+    reasons = {e.get("reason") for e in cluster.events()}
+    assert {"RunStarted", "RunSucceeded"} <= reasons
+
+
+async def test_one_failing_source_is_partially_failed(cluster: Cluster, operator: Operator, player: JobPlayer,
+                                                      registry: RegistryProcess, registry2: RegistryProcess) -> None:
+    seed.push_image(registry, "ok/app", "1", seed="ok")
+    await cluster.create(regcred("all", "127.0.0.1"))  # no namespace: matches neither host:port exactly
+    await cluster.create(regcred("source", registry.host))
+    await cluster.create(regcred("target", registry2.host))
+    await cluster.create(isj("partial", {f"{registry.host}/ok/app:1": f"{registry2.host}/ok/app",
+                                         f"{registry.host}/missing/app:1": f"{registry2.host}/missing/app"},
+                             retries=0))
+    await cluster.wait_status("partial", lambda s: s.get("jobName"), "a job")
+    await player.play(NAMESPACE, "partial-r1")
+    status = await cluster.wait_status("partial", lambda s: s.get("phase") == "PartiallyFailed", "PartiallyFailed")
+    assert status["progress"]["imagesSynced"] == 1 and status["progress"]["imagesFailed"] == 1
+    (failure,) = status["failedImages"]
+    assert failure["source"].endswith("missing/app:1") and "manifest unknown" in failure["reason"]
+    assert status["failedImagesTotal"] == 1
+
+
+async def test_invalid_spec_fails_with_a_message_and_a_warning(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create(isj("broken", {"r.io/a/app:1,2": "t.io/a/app:x"}))
+    status = await cluster.wait_status("broken", lambda s: s.get("phase") == "Failed", "Failed")
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
+    assert "r.io/a/app:1,2" in valid["message"] and "counts must be equal" in valid["message"]
+    assert cluster.jobs() == []
+    await cluster.wait_for("a warning event", lambda: any(
+        e.get("type") == "Warning" and e.get("reason") == "InvalidSpec" for e in cluster.events()))
+
+
+async def test_missing_secret_is_a_clear_false_condition(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create(regcred("private", "registry.example.com", secret="not-there"))
+    await cluster.create(isj("needs-secret", {"registry.example.com/a/app:1": "t.example.com/a/app"}))
+    status = await cluster.wait_status("needs-secret", lambda s: s.get("phase") == "Failed", "Failed")
+    condition = next(c for c in status["conditions"] if c["type"] == "CredentialsReady")
+    assert condition["status"] == "False" and condition["reason"] == "SecretMissing"
+    assert "not-there" in condition["message"]
+    assert cluster.jobs() == []
+
+    def ready() -> dict[str, object] | None:
+        cred = cluster.emulator.get("imagesync.dev/v1alpha1/registrycredentials", NAMESPACE, "private") or {}
+        conditions = (cred.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), None)
+    condition = await cluster.wait_for("regcred Ready condition", ready)
+    assert condition["status"] == "False" and condition["reason"] == "SecretMissing"
+
+
+async def test_basic_auth_and_dockerconfigjson_secrets(cluster: Cluster, operator: Operator, player: JobPlayer,
+                                                       basic_registry: RegistryProcess,
+                                                       make_registry) -> None:  # type: ignore[no-untyped-def]
+    other = make_registry("basic")
+    image = seed.push_image(basic_registry, "private/app", "1", seed="secret")
+    assert basic_registry.username and basic_registry.password and other.username and other.password
+    await cluster.create(basic_auth_secret("source-login", basic_registry.username, basic_registry.password))
+    await cluster.create(dockerconfig_secret("target-login", other.host, other.username, other.password))
+    await cluster.create(regcred("source", basic_registry.host, secret="source-login"))
+    await cluster.create(regcred("target", other.host, secret="target-login"))
+    await cluster.create(isj("private", {f"{basic_registry.host}/private/app:1": f"{other.host}/copy/app"}))
+    await cluster.wait_status("private", lambda s: s.get("jobName"), "a job")
+    (secret,) = [s for s in cluster.secrets() if s["metadata"]["name"] == "private-r1"]
+    (job,) = cluster.jobs()
+    assert basic_registry.password not in str(job) and other.password not in str(job)
+    await player.play(NAMESPACE, "private-r1")
+    status = await cluster.wait_status("private", lambda s: s.get("phase") in ("Succeeded", "Failed",
+                                                                                "PartiallyFailed"), "done")
+    assert status["phase"] == "Succeeded", status
+    assert seed.get_manifest(other, "copy/app", "1")[2] == image.digest
+    assert basic_registry.password not in str(status) and other.password not in str(cluster.events())
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "ImageSyncJob"
+
+
+async def test_operator_restart_mid_run_makes_no_second_job(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create(isj("steady", {"r.example.com/a/app:1": "t.example.com/a/app"}))
+    await cluster.wait_status("steady", lambda s: s.get("jobName"), "a job")
+    await operator.stop()
+    await operator.start()
+    await asyncio.sleep(1.0)
+    assert [j["metadata"]["name"] for j in cluster.jobs()] == ["steady-r1"]
+    status = cluster.isj("steady")["status"]  # type: ignore[index]
+    assert status["run"] == 1
+
+
+async def test_spec_change_during_a_run_queues_the_next_run(cluster: Cluster, operator: Operator,
+                                                            player: JobPlayer, registry: RegistryProcess,
+                                                            registry2: RegistryProcess) -> None:
+    seed.push_image(registry, "q/app", "1", seed="q1")
+    seed.push_image(registry, "q/app", "2", seed="q2")
+    await cluster.create(regcred("source", registry.host))
+    await cluster.create(regcred("target", registry2.host))
+    await cluster.create(isj("queued", {f"{registry.host}/q/app:1": f"{registry2.host}/q/app"}))
+    await cluster.wait_status("queued", lambda s: s.get("jobName") == "queued-r1", "run 1")
+    await cluster.patch(f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/queued",
+                        {"spec": {"images": {f"{registry.host}/q/app:2": f"{registry2.host}/q/app"}}})
+    status = await cluster.wait_status("queued", lambda s: s.get("pendingGeneration") == 2, "queued change")
+    assert any(c["type"] == "RunQueued" and c["status"] == "True" for c in status["conditions"])
+    assert len(cluster.jobs()) == 1
+    await player.play(NAMESPACE, "queued-r1")
+    status = await cluster.wait_status("queued", lambda s: s.get("jobName") == "queued-r2", "run 2 started")
+    assert status["runGeneration"] == 2 and not status.get("pendingGeneration")
+    await player.play(NAMESPACE, "queued-r2")
+    await cluster.wait_status("queued", lambda s: s.get("phase") == "Succeeded" and s.get("run") == 2, "run 2 done")
+    assert sorted(seed.list_tags(registry2, "q/app")) == ["1", "2"]
+
+
+async def test_suspend_starts_nothing(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create(isj("paused", {"r.example.com/a/app:1": "t.example.com/a/app"}, suspend=True))
+    await cluster.wait_status("paused", lambda s: s.get("phase") == "Suspended", "Suspended")
+    await asyncio.sleep(0.5)
+    assert cluster.jobs() == []
+
+
+async def test_delete_cleans_up_jobs_and_secrets(cluster: Cluster, operator: Operator) -> None:
+    await cluster.create(isj("temporary", {"r.example.com/a/app:1": "t.example.com/a/app"}))
+    await cluster.wait_status("temporary", lambda s: s.get("jobName"), "a job")
+    assert cluster.jobs() and any(s["metadata"]["name"] == "temporary-r1" for s in cluster.secrets())
+    await cluster.delete(f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/temporary")
+    await cluster.wait_for("jobs gone", lambda: cluster.jobs() == [])
+    assert not any(s["metadata"]["name"] == "temporary-r1" for s in cluster.secrets())
