@@ -30,7 +30,7 @@ from imagesync.worker.report import Reporter, reporter_from_env
 log = logging.getLogger("imagesync.worker")
 
 DEFAULT_CONFIG_DIR = "/etc/imagesync/config"
-REPORT_INTERVAL = 2.0
+REPORT_INTERVAL = 1.0
 TERMINATION_LOG = "/dev/termination-log"
 
 

@@ -28,7 +28,7 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
-from kmock._internal import enums, rendering, references
+from kmock._internal import enums, references, rendering
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,7 +106,23 @@ class Emulator(kmock.KubernetesEmulator):
             return _replace_data(request, data)
         return request
 
+    def _stale_json_patch(self, request: rendering.Request) -> bool:
+        """A JSON patch whose ``test`` of resourceVersion fails: a real server answers 422, kopf refetches."""
+        if request.action != enums.action.UPDATE or not isinstance(request.data, list):
+            return False
+        stored = self._stored(request) or {}
+        current = (stored.get("metadata") or {}).get("resourceVersion")
+        return any(op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
+                   and op.get("value") != current for op in request.data if isinstance(op, dict))
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if self._stale_json_patch(request):
+            return aiohttp.web.json_response(
+                {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 422, "reason": "Invalid",
+                 "message": "the object has been modified; resourceVersion test failed"}, status=422)
+        if request.action == enums.action.UPDATE and isinstance(request.data, list):
+            request.data.append({"op": "replace", "path": "/metadata/resourceVersion",
+                                 "value": str(next(self._rv))})
         deleted_uid = None
         if request.action == enums.action.DELETE and request.name is not None:
             stored = self._stored(request)

@@ -7,6 +7,7 @@ import asyncio
 from kube.conftest import Cluster, Operator
 from kube.jobplayer import JobPlayer
 from kube.objects import NAMESPACE, basic_auth_secret, dockerconfig_secret, isj, regcred
+
 from testbed import seed
 from testbed.registry import RegistryProcess
 
@@ -157,3 +158,54 @@ async def test_delete_cleans_up_jobs_and_secrets(cluster: Cluster, operator: Ope
     await cluster.delete(f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/temporary")
     await cluster.wait_for("jobs gone", lambda: cluster.jobs() == [])
     assert not any(s["metadata"]["name"] == "temporary-r1" for s in cluster.secrets())
+
+
+async def test_progress_shows_live_while_workers_run(cluster: Cluster, operator: Operator, player: JobPlayer,
+                                                     registry: RegistryProcess, registry2: RegistryProcess) -> None:
+    for i in range(10):
+        seed.push_image(registry, f"live/app{i}", "1", seed=f"live{i}")
+    await cluster.create(regcred("source", registry.host))
+    await cluster.create(regcred("target", registry2.host))
+    # qps and concurrency 1 stretch the run over a few seconds (about 6 requests per image at 15/s).
+    await cluster.create(isj("live", {f"{registry.host}/live/app{i}:1": f"{registry2.host}/live/app{i}"
+                                      for i in range(10)}, concurrency=1, qps=15))
+    await cluster.wait_status("live", lambda s: s.get("jobName"), "a job")
+    seen: list[tuple[str, int, int]] = []
+
+    async def watch() -> None:
+        while True:
+            status = (cluster.isj("live") or {}).get("status") or {}
+            progress = status.get("progress") or {}
+            snapshot = (status.get("phase", ""), progress.get("imagesSynced", 0), progress.get("imagesTotal", 0))
+            if not seen or seen[-1] != snapshot:
+                seen.append(snapshot)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await player.play(NAMESPACE, "live-r1")
+        await cluster.wait_status("live", lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    finally:
+        watcher.cancel()
+    phases = [phase for phase, _, _ in seen]
+    assert phases[0] == "Pending" and phases[-1] == "Succeeded" and "Running" in phases
+    partial = [synced for phase, synced, total in seen if phase == "Running" and total == 10 and 0 < synced < 10]
+    assert partial, f"no intermediate progress was shown: {seen}"
+
+
+async def test_schedule_fires_again_but_never_overlaps(cluster: Cluster, operator: Operator) -> None:
+    path = f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/nightly"
+    await cluster.create(isj("nightly", {"r.example.com/a/app:1": "t.example.com/a/app"}, schedule="*/5 * * * *"))
+    status = await cluster.wait_status("nightly", lambda s: s.get("jobName") == "nightly-r1", "first run")
+    assert status.get("nextScheduleTime") and status.get("lastScheduleTime")
+    # Pretend the schedule last fired an hour ago: a fire is due, but run 1 is still active.
+    await cluster.patch(f"{path}/status", {"status": {"lastScheduleTime": "2000-01-01T00:00:00Z"}})
+    await asyncio.sleep(1.0)  # several timer ticks
+    assert [j["metadata"]["name"] for j in cluster.jobs()] == ["nightly-r1"]
+    # Run 1 ends (the Job controller marks it failed: no registry answers here); the due fire starts run 2.
+    await cluster.patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/nightly-r1/status",
+                        {"status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}})
+    status = await cluster.wait_status("nightly", lambda s: s.get("jobName") == "nightly-r2", "second run")
+    assert status["lastScheduleTime"] > "2000-01-01T00:00:00Z"
+    await asyncio.sleep(1.0)
+    assert sorted(j["metadata"]["name"] for j in cluster.jobs()) == ["nightly-r1", "nightly-r2"]
