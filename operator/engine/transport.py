@@ -169,6 +169,9 @@ class RegistryHTTP:
         self._transport = transport
         self._timeout = timeout or httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=600.0)
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # Requests wait here rather than in httpcore's pool, whose queue handling rescans every
+        # connection for every waiting request (measured: a third of the CPU of a many-image sync).
+        self._slots = asyncio.Semaphore(max_connections)
         self._client: httpx.AsyncClient | None = None
         self._base = ""
         self._challenge: Challenge | None = None
@@ -403,6 +406,23 @@ class RegistryHTTP:
         again (none, or bytes); a streamed request body is sent once and the caller retries at its level.
         """
         await self._ensure_ready()
+        assert self._client is not None
+        async with self._slots:
+            async with self._stream_unlimited(method, path, scopes=scopes, headers=headers, content=content,
+                                              params=params) as response:
+                yield response
+
+    @asynccontextmanager
+    async def _stream_unlimited(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: Scopes,
+        headers: Mapping[str, str] | None,
+        content: bytes | AsyncIterator[bytes] | None,
+        params: Mapping[str, str] | None,
+    ) -> AsyncIterator[httpx.Response]:
         assert self._client is not None
         replayable = content is None or isinstance(content, bytes)
         attempts = self.retry.attempts if replayable else 1
