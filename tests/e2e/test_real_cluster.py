@@ -78,8 +78,13 @@ def namespace(api: Any) -> Iterator[str]:
     apply(api, load_yaml_dir(ROOT / "crds"))
     operator_docs = load_yaml_dir(ROOT / "deploy")
     # The operator's own RBAC objects, and the worker's per-namespace Role, into this test namespace.
-    apply(api, [d for d in operator_docs if d["kind"] in (
-        "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Role", "RoleBinding")], namespace=name)
+    rbac = [d for d in operator_docs if d["kind"] in (
+        "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Role", "RoleBinding")]
+    for doc in rbac:
+        doc["metadata"].pop("namespace", None)
+        for subject in doc.get("subjects") or []:
+            subject["namespace"] = name  # every ServiceAccount lives in the test namespace here
+    apply(api, rbac, namespace=name)
     yield name
     core.delete_namespace(name)  # the API server's GC removes everything in it
 
@@ -96,7 +101,7 @@ async def operator(api: Any, namespace: str) -> AsyncIterator[None]:
 
     operator_sa = next(d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] == "ServiceAccount"
                        and "operator" in d["metadata"]["name"])
-    sa_namespace = operator_sa["metadata"].get("namespace", namespace)
+    sa_namespace = namespace  # the fixture created it there
     core = kubernetes.client.CoreV1Api(api)
     token = core.create_namespaced_service_account_token(
         operator_sa["metadata"]["name"], sa_namespace,

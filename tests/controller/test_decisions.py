@@ -1,0 +1,140 @@
+"""The operator's pure decisions: credentials from Secrets, folding shard reports, phases, conditions."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
+from imagesync.controller.schedule import is_due, next_fire
+from imagesync.controller.spec import SpecError, parse_job_spec
+from imagesync.controller.status import final_phase, fold_progress, make_condition
+
+PASSWORD = "s3cr3t-D0-NOT-LEAK"
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def regcred(registry: str = "registry.example.com", secret: str | None = "login") -> dict[str, Any]:
+    spec: dict[str, Any] = {"registry": registry}
+    if secret:
+        spec["secretRef"] = {"name": secret}
+    return {"metadata": {"name": "cred"}, "spec": spec}
+
+
+def dockerconfig(auths: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "login"}, "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": b64(json.dumps({"auths": auths}))}}
+
+
+@pytest.mark.parametrize("key", ["registry.example.com", "https://registry.example.com", "registry.example.com/v1/"])
+def test_dockerconfigjson_key_forms(key: str) -> None:
+    secret = dockerconfig({key: {"auth": b64(f"robot:{PASSWORD}")}})
+    resolved = resolve_credential(regcred(), secret)
+    assert (resolved.username, resolved.password) == ("robot", PASSWORD)
+
+
+def test_docker_hub_entry_and_username_password_form() -> None:
+    secret = dockerconfig({"https://index.docker.io/v1/": {"username": "hubuser", "password": PASSWORD}})
+    resolved = resolve_credential(regcred("docker.io"), secret)
+    assert resolved.username == "hubuser"
+
+
+@pytest.mark.parametrize(("secret", "reason"), [
+    (None, "SecretMissing"),
+    ({"metadata": {"name": "login"}, "type": "kubernetes.io/tls", "data": {}}, "WrongSecretType"),
+    (dockerconfig({"other.example.com": {"auth": b64(f"x:{PASSWORD}")}}), "NoEntryForRegistry"),
+    ({"metadata": {"name": "login"}, "type": "Opaque", "data": {"username": b64("robot")}}, "InvalidSecret"),
+])
+def test_unusable_secrets_name_the_reason_and_never_the_password(secret: dict[str, Any] | None,
+                                                                 reason: str) -> None:
+    with pytest.raises(CredentialError) as info:
+        resolve_credential(regcred(), secret)
+    assert info.value.reason == reason
+    assert PASSWORD not in info.value.message and "login" in info.value.message
+
+
+def test_basic_auth_and_opaque_secrets_and_the_auth_document() -> None:
+    basic = {"metadata": {"name": "login"}, "type": "kubernetes.io/basic-auth",
+             "data": {"username": b64("robot"), "password": b64(PASSWORD)}}
+    opaque = {"metadata": {"name": "login"}, "type": "Opaque",
+              "stringData": {"username": "team", "password": PASSWORD}}
+    one = resolve_credential(regcred("registry.example.com"), basic)
+    two = resolve_credential({**regcred("registry.example.com/team"), "metadata": {"name": "team"}}, opaque)
+    anonymous = resolve_credential({"metadata": {"name": "local"},
+                                    "spec": {"registry": "127.0.0.1:5000", "insecure": True,
+                                             "caBundle": {"inline": "PEM"}}}, None)
+    auth, ca_files = auth_document([one, two, anonymous])
+    assert auth["registry.example.com"] == {"username": "robot", "password": PASSWORD}
+    assert auth["registry.example.com/team"]["username"] == "team"
+    assert auth["127.0.0.1:5000"] == {"insecure": True, "caFile": "ca-0.pem"} and ca_files == {"ca-0.pem": "PEM"}
+
+
+def test_select_credentials_all_or_named() -> None:
+    creds = [{"metadata": {"name": n}} for n in ("b", "a")]
+    assert [c["metadata"]["name"] for c in select_credentials(None, creds)[0]] == ["a", "b"]
+    assert select_credentials(["a", "zz"], creds)[1] == ["zz"]
+
+
+def shard_report(total: int, synced: int, failed: int = 0, done: bool = False) -> dict[str, Any]:
+    return {"imagesTotal": total, "imagesSynced": synced, "imagesSkipped": 0, "imagesFailed": failed,
+            "bytesCopied": 10, "bytesPerSecond": 5.0, "done": done, "failedImagesTotal": failed,
+            "failedImages": [{"source": f"s{i}", "target": f"t{i}", "reason": "r"} for i in range(failed)]}
+
+
+def test_fold_claims_no_percentage_until_every_shard_reported() -> None:
+    partial = fold_progress({0: shard_report(4, 2)}, 2)
+    assert partial["progress"]["percent"] == 0.0 and partial["syncedSummary"] == "2/?"
+    full = fold_progress({0: shard_report(4, 2), 1: shard_report(6, 3)}, 2)
+    assert full["progress"]["percent"] == 50.0 and full["syncedSummary"] == "5/10"
+    assert full["progress"]["bytesPerSecond"] == 10.0
+
+
+def test_fold_caps_failed_images_and_keeps_the_total() -> None:
+    folded = fold_progress({0: shard_report(40, 10, 30, True), 1: shard_report(10, 0, 10, True)}, 2)
+    assert len(folded["failedImages"]) == 20 and folded["failedImagesTotal"] == 40
+    assert [row["state"] for row in folded["shards"]] == ["Succeeded", "Succeeded"]
+
+
+@pytest.mark.parametrize(("synced", "failed", "job_failed", "all_done", "phase"), [
+    (3, 0, False, True, "Succeeded"), (2, 1, False, True, "PartiallyFailed"), (0, 3, False, True, "Failed"),
+    (2, 0, True, False, "PartiallyFailed"), (0, 0, True, False, "Failed"),
+])
+def test_final_phase(synced: int, failed: int, job_failed: bool, all_done: bool, phase: str) -> None:
+    progress = {"imagesSynced": synced, "imagesSkipped": 0, "imagesFailed": failed}
+    assert final_phase(progress, job_failed, all_done) == phase
+
+
+def test_condition_transition_time_moves_only_on_status_change() -> None:
+    first = make_condition(None, "Ready", "True", "A", "m", 1, "T1")
+    same = make_condition(first, "Ready", "True", "B", "m2", 2, "T2")
+    flipped = make_condition(same, "Ready", "False", "C", "m3", 3, "T3")
+    assert same[0]["lastTransitionTime"] == "T1" and same[0]["reason"] == "B"
+    assert flipped[0]["lastTransitionTime"] == "T3" and flipped[0]["observedGeneration"] == 3
+
+
+def test_schedule() -> None:
+    start = dt.datetime(2026, 1, 1, 1, 30, tzinfo=dt.UTC)
+    assert next_fire("0 2 * * *", start) == dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.UTC)
+    assert not is_due("0 2 * * *", None, start, start + dt.timedelta(minutes=20))
+    assert is_due("0 2 * * *", None, start, start + dt.timedelta(minutes=31))
+    assert not is_due("0 2 * * *", start + dt.timedelta(minutes=31), start, start + dt.timedelta(hours=2))
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({}, "spec.images"), ({"images": {"r.io/a:1,2": "t.io/a:x"}}, "spec.images"),
+    ({"images": {"r.io/a:1": "t.io/a"}, "schedule": "daily"}, "spec.schedule"),
+    ({"images": {"r.io/a:1": "t.io/a"}, "platforms": ["amd64"]}, "spec.platforms"),
+    ({"images": {"r.io/a:1": "t.io/a"}, "concurrency": "many"}, "spec.concurrency"),
+    ({"images": {"r.io/a:1": ""}}, "spec.images"),
+])
+def test_spec_errors_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_job_spec(spec)
+    assert info.value.field_path == field
