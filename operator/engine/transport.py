@@ -407,10 +407,9 @@ class RegistryHTTP:
         """
         await self._ensure_ready()
         assert self._client is not None
-        async with self._slots:
-            async with self._stream_unlimited(method, path, scopes=scopes, headers=headers, content=content,
-                                              params=params) as response:
-                yield response
+        async with self._slots, self._stream_unlimited(method, path, scopes=scopes, headers=headers,
+                                                       content=content, params=params) as response:
+            yield response
 
     @asynccontextmanager
     async def _stream_unlimited(
