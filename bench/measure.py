@@ -1,0 +1,20 @@
+"""Run a command; print its wall time, peak RSS (its own process tree) and exit code as one JSON line.
+
+A separate process, so that RUSAGE_CHILDREN holds only the measured command.
+"""
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+started = time.monotonic()
+completed = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+code = completed.returncode
+if code:
+    sys.stderr.write(completed.stderr.decode(errors="replace")[-2000:])
+seconds = time.monotonic() - started
+# Linux reports ru_maxrss in KiB.
+print(json.dumps({"seconds": seconds, "maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+                  "returncode": code}))
