@@ -86,8 +86,11 @@ class Registries:
             if self._options.qps:
                 limiter = self._limiters.setdefault(repo.api_host, RateLimiter(self._options.qps))
             transport = self._transport_factory(endpoint) if self._transport_factory else None
+            # proc + 2 request slots: each blob transfer holds at most a GET and a PATCH, and at most proc
+            # transfers run, so this never deadlocks even when source and target are one registry.
+            # More slots only cost CPU: httpcore rescans its pool per waiting request.
             http = RegistryHTTP(endpoint, limiter=limiter, retry=self._options.retry_policy,
-                                max_connections=max(8, self._options.proc * 2), transport=transport)
+                                max_connections=self._options.proc + 2, transport=transport)
             client = self._clients[key] = RegistryClient(http)
         return client
 
@@ -190,19 +193,24 @@ class Syncer:
         src_ref, dst_ref = _reference(source), _reference(target)
         filtering = self.options.platforms.active
 
-        if not self.options.force:
+        # The target first: when it lacks the image (the common case of a cold run) the source's
+        # digest is not needed before the GET, which saves a request per new image.
+        existing = None if self.options.force else await dst.head_manifest(target.repo.path, dst_ref)
+        if existing is not None:
             head = await src.head_manifest(source.repo.path, src_ref)
             if head is not None and not (filtering and head.media_type in INDEX_TYPES):
                 if source.digest and head.digest != source.digest:
                     raise RegistryError(f"{source}: the source answered with digest {head.digest}",
                                         retryable=False)
-                existing = await dst.head_manifest(target.repo.path, dst_ref)
-                if existing is not None and existing.digest == head.digest:
+                if existing.digest == head.digest:
                     return ImageOutcome(str(source), str(target), "skipped", digest=head.digest)
 
         manifest = await self._read_manifest(src, source.repo, src_ref, str(source))
         if source.digest and manifest.digest != source.digest:
             raise RegistryError(f"{source}: the source served digest {manifest.digest}", retryable=False)
+        if existing is not None and existing.digest == manifest.digest and not filtering:
+            # The source's HEAD gave no digest (some registries omit it): the GET settled it.
+            return ImageOutcome(str(source), str(target), "skipped", digest=manifest.digest)
         if target.digest and manifest.digest != target.digest and not filtering:
             raise ImageSyncError(f"{target}: target digest differs from the source digest {manifest.digest}")
 
@@ -216,11 +224,8 @@ class Syncer:
                 if target.digest:
                     raise ImageSyncError(f"{target}: a platform filter rewrites the index, so it cannot be "
                                          f"pushed by digest")
-                if not self.options.force:
-                    existing = await dst.head_manifest(target.repo.path, dst_ref)
-                    if existing is not None and existing.digest == filtered.digest:
-                        return ImageOutcome(str(source), str(target), "skipped", digest=filtered.digest,
-                                            note=note)
+                if existing is not None and existing.digest == filtered.digest:
+                    return ImageOutcome(str(source), str(target), "skipped", digest=filtered.digest, note=note)
             manifest = filtered
 
         await self._copy_references(src, source.repo, dst, target.repo, manifest)
