@@ -16,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -58,6 +59,14 @@ class Context:
     settings: OperatorSettings
     schedule_interval: float = 30.0
     credential_check_interval: float = 300.0
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def status_lock(self, namespace: str, name: str) -> threading.Lock:
+        """Pod and Job events of one ImageSyncJob read-modify-write its status one at a time: a late
+        progress fold must not overwrite the final phase that the Job's end just wrote."""
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
 
 
 def post_event(obj: Mapping[str, Any], type_: str, *, reason: str, message: str) -> None:
@@ -282,12 +291,13 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                    registry=registry)
     def worker_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         meta = body["metadata"]
-        isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
-        if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
-            return  # a pod of an older run, or of a deleted ImageSyncJob
-        folded = fold_live(ctx, isj)
-        if folded:
-            ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], folded)
+        with ctx.status_lock(meta["namespace"], meta["labels"][LABEL_JOB]):
+            isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
+            if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
+                return  # a pod of an older run, or of a deleted ImageSyncJob
+            folded = fold_live(ctx, isj)
+            if folded:
+                ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], folded)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -296,17 +306,19 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if outcome is None:
             return
         meta = body["metadata"]
-        isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
-        if isj is None:
-            return
-        status = isj.get("status") or {}
-        if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
-            return  # already folded (a re-delivered event) or an older run
-        patch = finish_run(ctx, isj, outcome)
-        after = merged(isj, patch)
-        if status.get("pendingGeneration") or status.get("runGeneration") != isj["metadata"].get("generation", 1):
-            patch.update(reconcile(ctx, after, "queued spec change"))
-        ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], patch)
+        with ctx.status_lock(meta["namespace"], meta["labels"][LABEL_JOB]):
+            isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
+            if isj is None:
+                return
+            status = isj.get("status") or {}
+            if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
+                return  # already folded (a re-delivered event) or an older run
+            patch = finish_run(ctx, isj, outcome)
+            after = merged(isj, patch)
+            generation = isj["metadata"].get("generation", 1)
+            if status.get("pendingGeneration") or status.get("runGeneration") != generation:
+                patch.update(reconcile(ctx, after, "queued spec change"))
+            ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], patch)
 
     @kopf.timer(GROUP, VERSION, JOBS_PLURAL, interval=ctx.schedule_interval, registry=registry,
                 when=lambda spec, **_: bool(spec.get("schedule")))
