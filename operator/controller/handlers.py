@@ -96,21 +96,26 @@ def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> tuple[di
                          f"RegistryCredential(s) not found in {namespace}: {', '.join(missing)}")
     resolved = []
     for regcred in selected:
-        name = regcred["metadata"]["name"]
-        spec_ = regcred.get("spec") or {}
-        secret_ref = spec_.get("secretRef") or {}
-        secret = ctx.kube.get_secret(namespace, secret_ref["name"]) if secret_ref.get("name") else None
-        ca_source = None
-        bundle = spec_.get("caBundle") or {}
-        if bundle.get("secretKeyRef"):
-            ca_source = ctx.kube.get_secret(namespace, bundle["secretKeyRef"]["name"])
-        elif bundle.get("configMapKeyRef"):
-            ca_source = ctx.kube.get_configmap(namespace, bundle["configMapKeyRef"]["name"])
         try:
-            resolved.append(creds.resolve_credential(regcred, secret, ca_source))
+            resolved.append(resolve_from_cluster(ctx, namespace, regcred))
         except creds.CredentialError as exc:
+            name = regcred["metadata"]["name"]
             raise RunBlocked("CredentialsReady", exc.reason, f"RegistryCredential {name!r}: {exc.message}") from exc
     return creds.auth_document(resolved)
+
+
+def resolve_from_cluster(ctx: Context, namespace: str, regcred: Mapping[str, Any]) -> creds.ResolvedCredential:
+    """Fetch what a RegistryCredential refers to (its Secret, its CA source) and resolve it."""
+    spec = regcred.get("spec") or {}
+    secret_name = (spec.get("secretRef") or {}).get("name")
+    secret = ctx.kube.get_secret(namespace, secret_name) if secret_name else None
+    bundle = spec.get("caBundle") or {}
+    ca_source = None
+    if bundle.get("secretKeyRef"):
+        ca_source = ctx.kube.get_secret(namespace, bundle["secretKeyRef"]["name"])
+    elif bundle.get("configMapKeyRef"):
+        ca_source = ctx.kube.get_configmap(namespace, bundle["configMapKeyRef"]["name"])
+    return creds.resolve_credential(regcred, secret, ca_source)
 
 
 def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
@@ -339,19 +344,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         patch.status.update(update)
 
     def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:
-        namespace = body["metadata"]["namespace"]
         spec = body.get("spec") or {}
         generation = body["metadata"].get("generation", 1)
-        secret_name = (spec.get("secretRef") or {}).get("name")
-        secret = ctx.kube.get_secret(namespace, secret_name) if secret_name else None
-        bundle = spec.get("caBundle") or {}
-        ca_source = None
-        if bundle.get("secretKeyRef"):
-            ca_source = ctx.kube.get_secret(namespace, bundle["secretKeyRef"]["name"])
-        elif bundle.get("configMapKeyRef"):
-            ca_source = ctx.kube.get_configmap(namespace, bundle["configMapKeyRef"]["name"])
         try:
-            creds.resolve_credential(body, secret, ca_source)
+            resolve_from_cluster(ctx, body["metadata"]["namespace"], body)
             state, reason, message = "True", "SecretValid", "credentials found for " + str(spec.get("registry"))
         except creds.CredentialError as exc:
             state, reason, message = "False", exc.reason, exc.message

@@ -186,11 +186,12 @@ async def test_progress_shows_live_while_workers_run(cluster: Cluster, operator:
     watcher = asyncio.create_task(watch())
     try:
         await player.play(NAMESPACE, "live-r1")
-        await cluster.wait_status("live", lambda s: s.get("phase") == "Succeeded", "Succeeded")
+        final = await cluster.wait_status("live", lambda s: s.get("phase") == "Succeeded", "Succeeded")
     finally:
         watcher.cancel()
     phases = [phase for phase, _, _ in seen]
-    assert phases[0] == "Pending" and phases[-1] == "Succeeded" and "Running" in phases
+    assert phases[0] == "Pending" and "Running" in phases
+    assert final["progress"]["imagesSynced"] == 10
     partial = [synced for phase, synced, total in seen if phase == "Running" and total == 10 and 0 < synced < 10]
     assert partial, f"no intermediate progress was shown: {seen}"
 
