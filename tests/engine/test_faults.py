@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -102,3 +103,22 @@ async def test_tag_listing_follows_link_pages(registry: RegistryProcess) -> None
         await http.aclose()
     assert listed == tags
     assert paging.pages_served == 3
+
+
+async def test_declined_mount_falls_back_to_an_upload(registry: RegistryProcess) -> None:
+    """A registry that cannot mount (the blob is not in the `from` repository) opens an upload instead."""
+    blob = seed.push_random_blob(registry, "has/blob", 100_000, "declined")
+    http = RegistryHTTP(Endpoint(registry.host, insecure=True))
+    client = RegistryClient(http)
+    try:
+        location = await client.mount_blob("new/repo", blob.digest, "empty/repo")
+        assert location is not None  # declined: 202 with an upload location, not 201
+        data = seed.random_bytes(100_000, "declined")
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        await client.upload_blob("new/repo", location, blob.digest, blob.size, body())
+    finally:
+        await http.aclose()
+    assert seed.blob_sha256(registry, "new/repo", blob.digest) == blob.digest

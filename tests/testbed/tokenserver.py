@@ -250,28 +250,31 @@ def _handler_for(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 super().finish()
 
         def do_GET(self) -> None:
+            # Each request is recorded before it is answered: a client that has its answer can count on
+            # seeing its request in `requests`.
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             service = (query.get("service") or [""])[0]
             raw_scopes = tuple(s for value in query.get("scope", []) for s in value.split(" ") if s)
             if url.path != TOKEN_PATH:
-                self._send(404, {"errors": [{"code": "NOT_FOUND", "message": "no such path"}]})
                 server._record(TokenRequest(None, service, raw_scopes, 404))
+                self._send(404, {"errors": [{"code": "NOT_FOUND", "message": "no such path"}]})
                 return
             accepted, account = server.authenticate(self.headers.get("Authorization"))
             if not accepted:
+                server._record(TokenRequest(None, service, raw_scopes, 401))
                 self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
                            {"WWW-Authenticate": 'Basic realm="imagesync test token server"'})
-                server._record(TokenRequest(None, service, raw_scopes, 401))
                 return
             if service != server.service:
+                server._record(TokenRequest(account, service, raw_scopes, 400))
                 self._send(400, {"errors": [{"code": "INVALID_REQUEST",
                                              "message": f"unknown service {service!r}"}]})
-                server._record(TokenRequest(account, service, raw_scopes, 400))
                 return
             scopes = [s for s in (Scope.parse(text) for text in raw_scopes) if s is not None]
-            self._send(200, server.issue(account, scopes))
+            token = server.issue(account, scopes)
             server._record(TokenRequest(account, service, raw_scopes, 200))
+            self._send(200, token)
 
         def do_POST(self) -> None:
             # The OAuth2 form (refresh tokens) is optional; 404 tells clients to fall back to GET.
