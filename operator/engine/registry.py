@@ -20,6 +20,8 @@ from imagesync.engine.transport import (
     registry_error_detail,
 )
 
+# Blobs up to this size are uploaded with one monolithic PUT; bigger ones with PATCH + PUT.
+MONOLITHIC_MAX = 8 * 1024 * 1024
 # Errors a registry reports for a request that may well succeed when sent again.
 _RETRYABLE_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "TOOMANYREQUESTS"})
 
@@ -158,23 +160,32 @@ class RegistryClient:
 
     async def upload_blob(self, repo: str, location: str, digest: str, size: int,
                           body: AsyncIterator[bytes]) -> None:
-        """Stream the whole blob in one PATCH, then commit it with ``PUT ?digest=``.
+        """Upload a blob into the session at ``location``; the registry checks the digest on commit.
 
-        POST/PATCH/PUT is what every registry accepts (some refuse a monolithic PUT of a large layer);
-        the registry checks the digest on commit, and our reader checks it while streaming, so a
-        corrupted transfer is never committed.
+        Blobs up to MONOLITHIC_MAX go in one streamed ``PUT ?digest=`` (one request less per blob);
+        bigger ones are streamed in one PATCH and then committed with an empty ``PUT ?digest=``, which
+        every registry accepts (some refuse a monolithic PUT of a large layer). Our reader checks the
+        digest while streaming too, so a corrupted transfer is never committed.
         """
-        async with self.http.stream(
-            "PATCH", location, scopes=[push_scope(repo)], content=body,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-        ) as response:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        if size <= MONOLITHIC_MAX:
+            async with self.http.stream("PUT", _with_digest(location, digest), scopes=[push_scope(repo)],
+                                        content=body, headers=headers) as response:
+                await response.aread()
+                if response.status_code not in (201, 204):
+                    raise registry_error(response, f"uploading blob {digest} to {self.host}/{repo}")
+            return
+        async with self.http.stream("PATCH", location, scopes=[push_scope(repo)], content=body,
+                                    headers=headers) as response:
             await response.aread()
             if response.status_code not in (201, 202, 204):
                 raise registry_error(response, f"uploading blob {digest} to {self.host}/{repo}")
             commit_url = self._location(response, f"uploading blob {digest} to {self.host}/{repo}")
-        sep = "&" if "?" in commit_url else "?"
-        committed = await self.http.request(
-            "PUT", f"{commit_url}{sep}digest={quote(digest)}", scopes=[push_scope(repo)],
-            headers={"Content-Length": "0"})
+        committed = await self.http.request("PUT", _with_digest(commit_url, digest), scopes=[push_scope(repo)],
+                                            headers={"Content-Length": "0"})
         if committed.status_code not in (201, 204):
             raise registry_error(committed, f"committing blob {digest} to {self.host}/{repo}")
+
+
+def _with_digest(url: str, digest: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}digest={quote(digest)}"

@@ -222,3 +222,16 @@ def test_json_output_and_summary(registry: RegistryProcess, registry2: RegistryP
     assert "Images: 1 synced, 0 skipped" in printed and "MB/s" in printed
     assert result["syncedImages"][0]["target"] == f"{registry2.host}/out/app:1"
     assert result["peakRssBytes"] > 0
+
+
+def test_small_blobs_in_one_put_big_ones_in_patch_then_put(registry: RegistryProcess, registry2: RegistryProcess,
+                                                           tmp_path: Path) -> None:
+    image = seed.push_image(registry, "sizes/app", "1", layers=(9 * 1024 * 1024, 1000), seed="sizes")
+    mark = registry2.log_mark()
+    code, result = run_sync(tmp_path, {f"{registry.host}/sizes/app:1": f"{registry2.host}/sizes/app"},
+                            auth_for(registry, registry2))
+    assert code == 0, result
+    assert_blobs_intact(registry2, "sizes/app", image)
+    log = registry2.request_log(mark)
+    assert len([r for r in log if r.method == "PATCH"]) == 1  # only the 9 MiB layer
+    assert len([r for r in log if r.method == "PUT" and "/blobs/uploads/" in r.path]) == 3  # config + 2 layers
