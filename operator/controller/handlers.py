@@ -267,6 +267,34 @@ def finish_run(ctx: Context, isj: Mapping[str, Any], outcome: str) -> dict[str, 
     return patch
 
 
+def report_logins(ctx: Context, isj: Mapping[str, Any]) -> None:
+    """Carry the workers' login results onto the RegistryCredentials (the controller itself does no
+    registry I/O): a refused login makes Ready False/LoginRejected until a later run logs in."""
+    meta = isj["metadata"]
+    reports, _ = shard_reports(ctx, meta["namespace"], meta["name"], int((isj.get("status") or {}).get("run") or 0))
+    accepted = {k for r in reports.values() for k in r.get("loginsAccepted") or [] if isinstance(k, str)}
+    rejected = {k for r in reports.values() for k in r.get("loginsRejected") or [] if isinstance(k, str)}
+    if not accepted and not rejected:
+        return
+    for regcred in ctx.kube.list_regcreds(meta["namespace"]):
+        registry = (regcred.get("spec") or {}).get("registry")
+        status = regcred.get("status") or {}
+        ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        generation = regcred["metadata"].get("generation", 1)
+        if registry in rejected:
+            message = f"{registry} refused these credentials during run {isj['status'].get('run')} of {meta['name']}"
+            conditions = make_condition(status.get("conditions"), "Ready", "False", "LoginRejected", message,
+                                        generation, now_iso())
+            post_event(regcred, "Warning", reason="LoginRejected", message=message)
+        elif registry in accepted and ready.get("reason") == "LoginRejected":
+            conditions = make_condition(status.get("conditions"), "Ready", "True", "LoginAccepted",
+                                        f"{registry} accepted these credentials", generation, now_iso())
+        else:
+            continue
+        ctx.kube.patch_regcred_status(meta["namespace"], regcred["metadata"]["name"],
+                                      {"conditions": conditions, "lastCheckTime": now_iso()})
+
+
 def merged(isj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """The ISJ as it will be once ``patch`` is applied to its status (for a follow-up decision)."""
     status = {k: v for k, v in {**(isj.get("status") or {}), **patch}.items() if v is not None}
@@ -319,6 +347,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
                 return  # already folded (a re-delivered event) or an older run
             patch = finish_run(ctx, isj, outcome)
+            report_logins(ctx, isj)
             after = merged(isj, patch)
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
@@ -353,6 +382,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             state, reason, message = "False", exc.reason, exc.message
         previous = (body.get("status") or {}).get("conditions")
         was = next((c for c in previous or [] if c.get("type") == "Ready"), None)
+        if state == "True" and was and was.get("reason") == "LoginRejected" \
+                and was.get("observedGeneration") == generation:
+            # The Secret is well-formed, but the registry refused it: only a run that logs in (or a
+            # changed spec) clears that.
+            state, reason, message = "False", "LoginRejected", str(was.get("message", ""))
         if state == "False" and (was is None or was.get("status") != "False" or was.get("reason") != reason):
             post_event(body, "Warning", reason=reason, message=message)
         patch.status.update(observedGeneration=generation, lastCheckTime=now_iso(),

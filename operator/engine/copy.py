@@ -94,6 +94,13 @@ class Registries:
             client = self._clients[key] = RegistryClient(http)
         return client
 
+    def login_results(self) -> tuple[list[str], list[str]]:
+        """Auth-file keys whose credentials were used: (accepted, refused), for RegistryCredential status."""
+        used = [(key, client.http) for (_, key), client in self._clients.items()
+                if key and client.http.endpoint.has_credentials and client.http.requests_sent]
+        refused = sorted({key for key, http in used if http.login_refused})
+        return sorted({key for key, _ in used} - set(refused)), refused
+
     @property
     def requests_sent(self) -> int:
         return sum(c.http.requests_sent for c in self._clients.values())
@@ -386,4 +393,5 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
         return await syncer.run(pairs, failures)
     finally:
         syncer.stats.finished = time.monotonic()
+        syncer.stats.logins_accepted, syncer.stats.logins_rejected = registries.login_results()
         await registries.aclose()

@@ -47,6 +47,9 @@ class SyncStats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     outcomes: dict[tuple[str, str], ImageOutcome] = field(default_factory=dict)
+    # Auth keys (registry or registry/namespace) whose credentials were used and accepted / refused.
+    logins_accepted: list[str] = field(default_factory=list)
+    logins_rejected: list[str] = field(default_factory=list)
 
     def record(self, outcome: ImageOutcome) -> None:
         """Record the latest outcome of an image (a retried image replaces its earlier failure)."""
@@ -84,6 +87,8 @@ class SyncStats:
             "done": done,
             "failedImages": [o.as_dict() for o in failed[:FAILED_IMAGES_CAP]],
             "failedImagesTotal": len(failed),
+            "loginsAccepted": list(self.logins_accepted),
+            "loginsRejected": list(self.logins_rejected),
         }
 
     def result(self) -> dict[str, Any]:

@@ -181,7 +181,13 @@ class RegistryHTTP:
         # Once the registry has refused our credentials, every further login would be refused too:
         # fail fast instead of sending the same wrong password once per image.
         self._login_refused: RegistryError | None = None
+        self._basic_refused = False
         self.requests_sent = 0
+
+    @property
+    def login_refused(self) -> bool:
+        """The registry (or its token server) refused our credentials at least once this run."""
+        return self._login_refused is not None or self._basic_refused
 
     # -- connection set-up ---------------------------------------------------------------------
 
@@ -450,6 +456,8 @@ class RegistryHTTP:
                 reauthed = True
                 if self._handle_unauthorized(response, scopes):
                     continue
+                if self.endpoint.has_credentials and self._challenge and self._challenge.scheme == "basic":
+                    self._basic_refused = True
                 yield response
                 return
             if response.status_code in TRANSIENT_STATUSES and attempt + 1 < attempts:

@@ -212,3 +212,29 @@ async def test_schedule_fires_again_but_never_overlaps(cluster: Cluster, operato
     assert status["lastScheduleTime"] > "2000-01-01T00:00:00Z"
     await asyncio.sleep(1.0)
     assert sorted(j["metadata"]["name"] for j in cluster.jobs()) == ["nightly-r1", "nightly-r2"]
+
+
+async def test_refused_login_shows_on_the_registry_credential(cluster: Cluster, operator: Operator,
+                                                              player: JobPlayer, basic_registry: RegistryProcess,
+                                                              registry2: RegistryProcess) -> None:
+    seed.push_image(basic_registry, "locked/app", "1", seed="locked")
+    assert basic_registry.username
+    await cluster.create(basic_auth_secret("wrong-login", basic_registry.username, "not-the-password"))
+    await cluster.create(regcred("locked", basic_registry.host, secret="wrong-login"))
+    await cluster.create(regcred("target", registry2.host))
+    await cluster.create(isj("locked", {f"{basic_registry.host}/locked/app:1": f"{registry2.host}/locked/app"},
+                             retries=0))
+    await cluster.wait_status("locked", lambda s: s.get("jobName"), "a job")
+    await player.play(NAMESPACE, "locked-r1")
+    status = await cluster.wait_status("locked", lambda s: s.get("phase") == "Failed", "Failed")
+    assert "401" in status["failedImages"][0]["reason"]
+
+    def ready() -> dict[str, object] | None:
+        cred = cluster.emulator.get("imagesync.dev/v1alpha1/registrycredentials", NAMESPACE, "locked") or {}
+        conditions = (cred.get("status") or {}).get("conditions") or []
+        condition = next((c for c in conditions if c["type"] == "Ready"), None)
+        return condition if condition and condition["reason"] == "LoginRejected" else None
+    condition = await cluster.wait_for("Ready=False/LoginRejected", ready)
+    assert condition["status"] == "False" and "not-the-password" not in str(condition)
+    await asyncio.sleep(1.2)  # the periodic Secret check must not flip it back to True
+    assert ready() is not None
