@@ -43,8 +43,13 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 ZERO_PROGRESS = fold_progress({}, 1)["progress"]
 
 
+def iso(moment: dt.datetime) -> str:
+    """RFC 3339 in UTC with a Z, to the second: the form Kubernetes writes its own timestamps in."""
+    return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return iso(dt.datetime.now(dt.UTC))
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
@@ -193,8 +198,7 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     if spec.schedule:
         # The run a create or spec change starts counts as this period's scheduled run.
         patch["lastScheduleTime"] = now_iso()
-        patch["nextScheduleTime"] = next_fire(spec.schedule, dt.datetime.now(dt.UTC)).isoformat().replace(
-            "+00:00", "Z")
+        patch["nextScheduleTime"] = iso(next_fire(spec.schedule, dt.datetime.now(dt.UTC)))
     return patch
 
 
@@ -225,15 +229,13 @@ def shard_reports(ctx: Context, namespace: str, isj_name: str, run: int) -> tupl
     return reports, phases
 
 
-def fold_live(ctx: Context, isj: Mapping[str, Any]) -> dict[str, Any] | None:
-    status = isj.get("status") or {}
-    if not run_active(status):
-        return None
-    spec = isj.get("spec") or {}
-    shards = int(spec.get("parallelism") or 1)
-    reports, phases = shard_reports(ctx, isj["metadata"]["namespace"], isj["metadata"]["name"],
-                                    int(status["run"]))
-    folded = fold_progress(reports, shards, phases)
+def run_reports(ctx: Context, isj: Mapping[str, Any]) -> tuple[dict[int, Any], dict[int, str]]:
+    meta = isj["metadata"]
+    return shard_reports(ctx, meta["namespace"], meta["name"], int((isj.get("status") or {}).get("run") or 0))
+
+
+def fold_live(isj: Mapping[str, Any], reports: Mapping[int, Any], phases: Mapping[int, str]) -> dict[str, Any]:
+    folded = fold_progress(reports, int((isj.get("spec") or {}).get("parallelism") or 1), phases)
     folded["phase"] = "Running" if reports or "Running" in phases.values() else "Pending"
     return folded
 
@@ -245,11 +247,12 @@ def job_outcome(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def finish_run(ctx: Context, isj: Mapping[str, Any], outcome: str) -> dict[str, Any]:
+def finish_run(isj: Mapping[str, Any], outcome: str, reports: Mapping[int, Any],
+               phases: Mapping[int, str]) -> dict[str, Any]:
     status = isj.get("status") or {}
-    folded = fold_live(ctx, isj) or {}
-    progress = folded.get("progress", ZERO_PROGRESS)
-    shards = folded.get("shards", [])
+    folded = fold_live(isj, reports, phases)
+    progress = folded["progress"]
+    shards = folded["shards"]
     all_done = bool(shards) and all(row.get("state") == "Succeeded" for row in shards)
     phase = final_phase(progress, outcome == "Failed", all_done)
     generation = isj["metadata"].get("generation", 1)
@@ -267,11 +270,10 @@ def finish_run(ctx: Context, isj: Mapping[str, Any], outcome: str) -> dict[str, 
     return patch
 
 
-def report_logins(ctx: Context, isj: Mapping[str, Any]) -> None:
+def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, Any]) -> None:
     """Carry the workers' login results onto the RegistryCredentials (the controller itself does no
     registry I/O): a refused login makes Ready False/LoginRejected until a later run logs in."""
     meta = isj["metadata"]
-    reports, _ = shard_reports(ctx, meta["namespace"], meta["name"], int((isj.get("status") or {}).get("run") or 0))
     accepted = {k for r in reports.values() for k in r.get("loginsAccepted") or [] if isinstance(k, str)}
     rejected = {k for r in reports.values() for k in r.get("loginsRejected") or [] if isinstance(k, str)}
     if not accepted and not rejected:
@@ -328,8 +330,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
             if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
                 return  # a pod of an older run, or of a deleted ImageSyncJob
-            folded = fold_live(ctx, isj)
-            if folded:
+            if run_active(isj.get("status") or {}):
+                folded = fold_live(isj, *run_reports(ctx, isj))
                 ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], folded)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
@@ -346,8 +348,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             status = isj.get("status") or {}
             if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
                 return  # already folded (a re-delivered event) or an older run
-            patch = finish_run(ctx, isj, outcome)
-            report_logins(ctx, isj)
+            reports, phases = run_reports(ctx, isj)
+            patch = finish_run(isj, outcome, reports, phases)
+            report_logins(ctx, isj, reports)
             after = merged(isj, patch)
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
@@ -365,11 +368,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         if not is_due(cron, last, created, now):
             if not status.get("nextScheduleTime"):
-                patch.status["nextScheduleTime"] = next_fire(cron, last or created).isoformat()
+                patch.status["nextScheduleTime"] = iso(next_fire(cron, last or created))
             return
         update = reconcile(ctx, body, "schedule")
-        update["lastScheduleTime"] = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-        update["nextScheduleTime"] = next_fire(cron, now).isoformat().replace("+00:00", "Z")
+        update["lastScheduleTime"] = iso(now)
+        update["nextScheduleTime"] = iso(next_fire(cron, now))
         patch.status.update(update)
 
     def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:

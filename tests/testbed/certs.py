@@ -43,6 +43,22 @@ class ServerCertificate:
     key_file: Path
 
 
+def _self_signed(key: ec.EllipticCurvePrivateKey, name: str, *, path_length: int | None) -> x509.CertificateBuilder:
+    """A CA certificate for ``key`` naming itself as issuer, ready for more extensions and signing."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _NOT_BEFORE_SLACK)
+        .not_valid_after(now + _LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+    )
+
+
 class CertificateAuthority:
     """A self-signed CA; clients trust :attr:`ca_file`, servers get certificates from :meth:`issue_server`."""
 
@@ -50,24 +66,15 @@ class CertificateAuthority:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = _now()
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _NOT_BEFORE_SLACK)
-            .not_valid_after(now + _LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        builder = (
+            _self_signed(self.key, name, path_length=0)
             .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                          content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False,
                                          encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        self.cert = builder.sign(self.key, hashes.SHA256())
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(_cert_pem(self.cert))
 
@@ -112,19 +119,7 @@ class TokenSigningKey:
     def __init__(self, directory: Path, name: str = "token-signer") -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.private_key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = _now()
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.private_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _NOT_BEFORE_SLACK)
-            .not_valid_after(now + _LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.private_key, hashes.SHA256())
-        )
+        self.cert = _self_signed(self.private_key, name, path_length=None).sign(self.private_key, hashes.SHA256())
         self.cert_file = directory / f"{name}.pem"
         self.cert_file.write_bytes(_cert_pem(self.cert))
         self.algorithm = "ES256"
