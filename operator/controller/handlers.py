@@ -29,6 +29,7 @@ from imagesync.controller.render import (
     LABEL_JOB,
     LABEL_RUN,
     PROGRESS_ANNOTATION,
+    dropped_job_fields,
     render_config_secret,
     render_job,
     run_name,
@@ -85,9 +86,10 @@ def post_event(obj: Mapping[str, Any], type_: str, *, reason: str, message: str)
 class RunBlocked(Exception):
     """A run cannot start: bad spec or credentials. Carries the condition to show."""
 
-    def __init__(self, condition: str, reason: str, message: str) -> None:
+    def __init__(self, condition: str, reason: str, message: str, *, run: int | None = None) -> None:
         super().__init__(message)
         self.condition, self.reason, self.message = condition, reason, message
+        self.run = run  # set when the run's number was used up (its objects were created, then removed)
 
 
 def run_active(status: Mapping[str, Any]) -> bool:
@@ -136,6 +138,11 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     job = render_job(isj, run, spec, ctx.settings)
     ctx.kube.create(secret)
     created = ctx.kube.create(job)
+    problem = dropped_job_fields(job, created) if created is not None else None
+    if problem is not None:
+        ctx.kube.delete(job)
+        ctx.kube.delete(secret)
+        raise RunBlocked("Valid", "IndexedJobsUnsupported", problem, run=run)
     generation = meta.get("generation", 1)
     conditions = make_condition(status.get("conditions"), "Valid", "True", "SpecValid", "spec is valid",
                                 generation, now_iso())
@@ -144,7 +151,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     conditions = make_condition(conditions, "RunQueued", "False", "NothingQueued", "", generation, now_iso())
     conditions = make_condition(conditions, "Complete", "False", "Running", f"run {run} started ({reason})",
                                 generation, now_iso())
-    if created:
+    if created is not None:
         post_event(isj, "Normal", reason="RunStarted", message=f"run {run}: Job {job['metadata']['name']} ({reason})")
     return {
         "phase": "Pending", "run": run, "runGeneration": generation, "observedGeneration": generation,
@@ -164,7 +171,10 @@ def blocked_status(isj: Mapping[str, Any], exc: RunBlocked) -> dict[str, Any]:
         conditions = make_condition(conditions, "Valid", "True", "SpecValid", "spec is valid", generation,
                                     now_iso())
     post_event(isj, "Warning", reason=exc.reason, message=exc.message)
-    return {"phase": "Failed", "observedGeneration": generation, "conditions": conditions}
+    patch: dict[str, Any] = {"phase": "Failed", "observedGeneration": generation, "conditions": conditions}
+    if exc.run is not None:
+        patch["run"] = exc.run  # the next attempt takes a fresh name: the removed objects may linger a while
+    return patch
 
 
 def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:

@@ -61,21 +61,37 @@ class Kube:
         return [pod for pod in result.get("items") or []
                 if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
 
-    def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create; False when it already exists (a re-delivered event or a restart: not an error)."""
+    def create(self, obj: Mapping[str, Any]) -> Obj | None:
+        """Create; the object as the API server stored it (defaulted, pruned), or None when it already
+        exists (a re-delivered event or a restart: not an error)."""
         namespace = obj["metadata"]["namespace"]
         try:
             if obj["kind"] == "Secret":
-                self.core.create_namespaced_secret(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
+                response = self.core.create_namespaced_secret(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
             elif obj["kind"] == "Job":
-                self.batch.create_namespaced_job(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
+                response = self.batch.create_namespaced_job(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
             else:
                 raise ValueError(f"cannot create {obj['kind']}")
         except kubernetes.client.ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             raise
-        return True
+        return self._json(response)
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        """Delete with its dependents (background propagation, as kubectl does); gone already is fine."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        body = {"propagationPolicy": "Background"}
+        try:
+            if obj["kind"] == "Secret":
+                self.core.delete_namespaced_secret(name, namespace, body=body, _preload_content=False)
+            elif obj["kind"] == "Job":
+                self.batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
+            else:
+                raise ValueError(f"cannot delete {obj['kind']}")
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def patch_isj_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

@@ -132,3 +132,19 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
                      "ownerReferences": [owner_reference(isj)]},
         "spec": job_spec,
     }
+
+
+def dropped_job_fields(rendered: Mapping[str, Any], stored: Mapping[str, Any]) -> str | None:
+    """Why the Job the API server stored cannot run as rendered, or None.
+
+    An API server silently drops fields it does not know: before Kubernetes 1.22 (1.21 with the
+    IndexedJob feature gate) that includes ``completionMode``, and every pod of a sharded run would
+    then take the same shard.
+    """
+    wanted = (rendered.get("spec") or {}).get("completionMode")
+    if wanted == "Indexed" and (stored.get("spec") or {}).get("completionMode") != "Indexed":
+        shards = rendered["spec"].get("parallelism")
+        return (f"spec.parallelism is {shards}, but this cluster does not run Indexed Jobs (the API server dropped "
+                "the Job's completionMode: Indexed; it needs Kubernetes 1.22 or later, or 1.21 with the "
+                "IndexedJob feature gate): set spec.parallelism to 1 or upgrade the cluster")
+    return None

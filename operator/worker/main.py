@@ -86,8 +86,12 @@ async def _report_periodically(stats: SyncStats, reporter: Reporter, shard: int)
 
 async def run_worker(env: Mapping[str, str]) -> int:
     config_dir = Path(env.get("IMAGESYNC_CONFIG_DIR", DEFAULT_CONFIG_DIR))
-    shard_index = _int_env(env, "JOB_COMPLETION_INDEX", 0)
     shard_count = max(1, _int_env(env, "IMAGESYNC_SHARDS", 1))
+    if shard_count > 1 and "JOB_COMPLETION_INDEX" not in env:
+        # Every pod would take shard 0: the cluster ran the Job without completionMode: Indexed.
+        raise ConfigError(f"IMAGESYNC_SHARDS is {shard_count} but JOB_COMPLETION_INDEX is not set: "
+                          "the Job is not an Indexed Job (Kubernetes 1.22 or later is needed for sharding)")
+    shard_index = _int_env(env, "JOB_COMPLETION_INDEX", 0)
     if not 0 <= shard_index < shard_count:
         raise ConfigError(f"shard index {shard_index} is outside 0..{shard_count - 1}")
     auth_path = config_dir / "auth.yaml"

@@ -40,6 +40,9 @@ def _now() -> str:
 @attrs.define(eq=False)
 class Emulator(kmock.KubernetesEmulator):
     _rv: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    # (plural, dotted path) an older API server does not know and silently drops on create, e.g.
+    # ("jobs", "spec.completionMode") before Kubernetes 1.21 (checked against a real 1.20 server).
+    dropped_fields: set[tuple[str, str]] = attrs.field(factory=set, init=False)
 
     def declare_crds(self, directory: Path = ROOT / "crds") -> None:
         """Register the project's CRDs from crds/*.yaml, as an API server learns them."""
@@ -87,6 +90,14 @@ class Emulator(kmock.KubernetesEmulator):
             meta["generation"] = 1
             if self._has_status_subresource(request.resource):
                 data.pop("status", None)
+            for plural, path in self.dropped_fields:
+                if request.resource.plural == plural:
+                    *parents, leaf = path.split(".")
+                    node = data
+                    for part in parents:
+                        node = node.get(part) if isinstance(node, dict) else None
+                    if isinstance(node, dict):
+                        node.pop(leaf, None)
             return _replace_data(request, data)
         if request.action == enums.action.UPDATE:
             stored = self._stored(request)

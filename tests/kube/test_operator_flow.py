@@ -71,6 +71,28 @@ async def test_invalid_spec_fails_with_a_message_and_a_warning(cluster: Cluster,
         e.get("type") == "Warning" and e.get("reason") == "InvalidSpec" for e in cluster.events()))
 
 
+async def test_cluster_without_indexed_jobs_fails_the_sharded_run_clearly(cluster: Cluster,
+                                                                          operator: Operator) -> None:
+    # An API server older than Indexed Jobs drops completionMode: every pod would take shard 0.
+    cluster.emulator.dropped_fields.add(("jobs", "spec.completionMode"))
+    await cluster.create(isj("sharded", {"r.example.com/a/app:1": "t.example.com/a/app"}, parallelism=2))
+    status = await cluster.wait_status("sharded", lambda s: s.get("phase") == "Failed", "Failed")
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "IndexedJobsUnsupported"
+    assert "set spec.parallelism to 1" in valid["message"]
+    await cluster.wait_for("the dropped Job and its Secret removed", lambda: not cluster.jobs()
+                           and not [s for s in cluster.secrets() if s["metadata"]["name"].startswith("sharded-")])
+    await cluster.wait_for("a warning event", lambda: any(
+        e.get("type") == "Warning" and e.get("reason") == "IndexedJobsUnsupported" for e in cluster.events()))
+
+    # Taking the advice starts a run under a fresh name (the removed objects may still be going away).
+    await cluster.patch(f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/sharded",
+                        {"spec": {"parallelism": 1}})
+    status = await cluster.wait_status("sharded", lambda s: s.get("jobName") == "sharded-r2", "run 2")
+    assert status["phase"] == "Pending"
+    assert [j["metadata"]["name"] for j in cluster.jobs()] == ["sharded-r2"]
+
+
 async def test_missing_secret_is_a_clear_false_condition(cluster: Cluster, operator: Operator) -> None:
     await cluster.create(regcred("private", "registry.example.com", secret="not-there"))
     await cluster.create(isj("needs-secret", {"registry.example.com/a/app:1": "t.example.com/a/app"}))

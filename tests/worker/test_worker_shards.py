@@ -22,10 +22,11 @@ def write_config_dir(directory: Path, images: dict[str, str], auth: dict[str, ob
     (directory / "options.json").write_text(json.dumps(options))
 
 
-def run_worker(config_dir: Path, index: int, shards: int) -> subprocess.CompletedProcess[str]:
+def run_worker(config_dir: Path, index: int | None, shards: int) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNC_", "JOB_COMPLETION"))}
-    env.update({"IMAGESYNC_CONFIG_DIR": str(config_dir), "JOB_COMPLETION_INDEX": str(index),
-                "IMAGESYNC_SHARDS": str(shards)})
+    env.update({"IMAGESYNC_CONFIG_DIR": str(config_dir), "IMAGESYNC_SHARDS": str(shards)})
+    if index is not None:
+        env["JOB_COMPLETION_INDEX"] = str(index)
     return subprocess.run([sys.executable, "-m", "imagesync.cli.main", "worker"], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
@@ -56,3 +57,16 @@ def test_bad_options_exit_2_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "options.json: not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sharded_pod_without_completion_index_refuses_to_guess(tmp_path: Path) -> None:
+    # A cluster that ignores completionMode: Indexed starts every pod without an index: each would copy
+    # shard 0 and the other shards would never run.
+    config = tmp_path / "config"
+    write_config_dir(config, {"127.0.0.1:1/a/b:1": "127.0.0.1:2/a/b"}, {}, {"retries": 0})
+    result = run_worker(config, None, 2)
+    assert result.returncode == 2
+    assert "JOB_COMPLETION_INDEX is not set" in result.stderr and "Indexed Job" in result.stderr
+    assert "Traceback" not in result.stderr
+    single = run_worker(config, None, 1)  # one shard needs no index
+    assert "JOB_COMPLETION_INDEX" not in single.stderr
