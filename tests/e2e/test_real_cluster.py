@@ -1,48 +1,66 @@
 """The operator flow against a real Kubernetes API server (skipped unless KUBECONFIG names one).
 
 Written to real Kubernetes semantics: CRDs applied from crds/, RBAC from deploy/, the operator running
-in this process with its ServiceAccount's token (a TokenRequest), the API server validating, pruning
-and garbage-collecting.
+in this process with its ServiceAccount's token (a TokenRequest), so its RBAC applies; the API server
+validates, prunes and garbage-collects; the Job controller runs the Jobs.
 
 Where the cluster has nodes that can pull the worker image and reach the registries, worker Pods run
-for real (IMAGESYNC_E2E_WORKER_IMAGE names the image; registries must be reachable from the nodes:
-IMAGESYNC_E2E_SOURCE / IMAGESYNC_E2E_TARGET). Where it has none (an API server with controllers but no
-kubelet), IMAGESYNC_E2E_PLAY_KUBELET=1 makes this suite play the kubelet: it runs each scheduled
-worker Pod's command locally with that Pod's Secret files and environment, against local registries,
-and writes the Pod's status back through the API, so the Job controller and the operator see a real
-Job complete.
+for real: IMAGESYNC_E2E_WORKER_IMAGE names the image, IMAGESYNC_E2E_SOURCE / IMAGESYNC_E2E_TARGET the
+registries as URLs reachable from the nodes and from here (plain HTTP, no auth). Where it has none (an
+API server with controllers but no kubelet, e.g. tests/e2e/local-cluster.sh), IMAGESYNC_E2E_PLAY_KUBELET=1
+makes this suite play the kubelet: it runs each of the Job's Pods locally, with that Pod's Secret
+files, environment and ServiceAccount token, against local registries, and writes the Pod's status
+back through the API, so the Job controller and the operator see a real Job complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import contextlib
+import datetime as dt
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from testbed import seed
+
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="KUBECONFIG names no cluster")]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAY_KUBELET = os.environ.get("IMAGESYNC_E2E_PLAY_KUBELET") == "1"
+GROUP, VERSION = "imagesync.dev", "v1alpha1"
+TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
+
+
+# -- cluster access ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[Any]:
     import kubernetes
 
-    kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"])
-    client = kubernetes.client.ApiClient()
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"], client_configuration=configuration)
+    client = kubernetes.client.ApiClient(configuration)
     yield client
     client.close()
+
+
+def server_minor(api: Any) -> int:
+    import kubernetes
+
+    version = kubernetes.client.VersionApi(api).get_code()
+    return int("".join(ch for ch in version.minor if ch.isdigit()))
 
 
 def apply(api: Any, documents: list[dict[str, Any]], namespace: str | None = None) -> None:
@@ -51,8 +69,6 @@ def apply(api: Any, documents: list[dict[str, Any]], namespace: str | None = Non
 
     dynamic = kubernetes.dynamic.DynamicClient(api)
     for doc in documents:
-        if not doc:
-            continue
         resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
         ns = doc["metadata"].get("namespace") or (namespace if resource.namespaced else None)
         if ns:
@@ -68,6 +84,22 @@ def load_yaml_dir(directory: Path) -> list[dict[str, Any]]:
     return docs
 
 
+def wait_crds_established(api: Any, timeout: float = 60) -> None:
+    import time
+
+    import kubernetes
+
+    ext = kubernetes.client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout
+    names = [d["metadata"]["name"] for d in load_yaml_dir(ROOT / "crds")]
+    while time.monotonic() < deadline:
+        conditions = [ext.read_custom_resource_definition(n).status.conditions or [] for n in names]
+        if all(any(c.type == "Established" and c.status == "True" for c in cs) for cs in conditions):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"CRDs {names} not established")
+
+
 @pytest.fixture(scope="module")
 def namespace(api: Any) -> Iterator[str]:
     import kubernetes
@@ -76,21 +108,54 @@ def namespace(api: Any) -> Iterator[str]:
     name = f"imagesync-e2e-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": name}})
     apply(api, load_yaml_dir(ROOT / "crds"))
-    operator_docs = load_yaml_dir(ROOT / "deploy")
-    # The operator's own RBAC objects, and the worker's per-namespace Role, into this test namespace.
-    rbac = [d for d in operator_docs if d["kind"] in (
+    wait_crds_established(api)
+    # The operator's RBAC as deploy/ ships it, and the worker's per-namespace Role, with every
+    # ServiceAccount living in the test namespace. The ClusterRole/Binding get per-run names so
+    # parallel runs against one cluster do not rebind each other's accounts.
+    suffix = name.removeprefix("imagesync-e2e-")
+    rbac = [d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] in (
         "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Role", "RoleBinding")]
     for doc in rbac:
         doc["metadata"].pop("namespace", None)
+        if doc["kind"].startswith("Cluster"):
+            doc["metadata"]["name"] += f"-{suffix}"
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] += f"-{suffix}"
         for subject in doc.get("subjects") or []:
-            subject["namespace"] = name  # every ServiceAccount lives in the test namespace here
+            subject["namespace"] = name
     apply(api, rbac, namespace=name)
     yield name
-    core.delete_namespace(name)  # the API server's GC removes everything in it
+    core.delete_namespace(name)  # the namespace controller removes everything in it
+    rbac_api = kubernetes.client.RbacAuthorizationV1Api(api)
+    for doc in rbac:
+        with contextlib.suppress(kubernetes.client.ApiException):
+            if doc["kind"] == "ClusterRole":
+                rbac_api.delete_cluster_role(doc["metadata"]["name"])
+            elif doc["kind"] == "ClusterRoleBinding":
+                rbac_api.delete_cluster_role_binding(doc["metadata"]["name"])
 
 
-@pytest.fixture
-async def operator(api: Any, namespace: str) -> AsyncIterator[None]:
+def service_account_token(api: Any, namespace: str, name: str) -> str:
+    """A TokenRequest for the ServiceAccount; waits for the account (the apply may be fresh)."""
+    import time
+
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(api)
+    for _ in range(50):
+        try:
+            token: str = core.create_namespaced_service_account_token(
+                name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+            return token
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            time.sleep(0.2)
+    raise AssertionError(f"no ServiceAccount {namespace}/{name}")
+
+
+@contextlib.asynccontextmanager
+async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
     """The operator in this process, authenticated as its ServiceAccount (its RBAC applies)."""
     import kopf
     import kubernetes
@@ -101,13 +166,9 @@ async def operator(api: Any, namespace: str) -> AsyncIterator[None]:
 
     operator_sa = next(d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] == "ServiceAccount"
                        and "operator" in d["metadata"]["name"])
-    sa_namespace = namespace  # the fixture created it there
-    core = kubernetes.client.CoreV1Api(api)
-    token = core.create_namespaced_service_account_token(
-        operator_sa["metadata"]["name"], sa_namespace,
-        {"spec": {"audiences": [], "expirationSeconds": 3600}}).status.token
-    configuration = kubernetes.client.Configuration()
+    token = service_account_token(api, namespace, operator_sa["metadata"]["name"])
     base = api.configuration
+    configuration = kubernetes.client.Configuration()
     configuration.host, configuration.ssl_ca_cert, configuration.verify_ssl = \
         base.host, base.ssl_ca_cert, base.verify_ssl
     configuration.api_key = {"authorization": f"Bearer {token}"}
@@ -126,135 +187,369 @@ async def operator(api: Any, namespace: str) -> AsyncIterator[None]:
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings)
+        settings.watching.server_timeout = 30
 
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(kopf.operator(registry=registry, namespaces=[namespace], standalone=True,
+    task = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True,
                                              stop_flag=stop, ready_flag=ready))
     await asyncio.wait_for(ready.wait(), 30)
-    yield
-    stop.set()
-    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(task, 30)
-    sa_client.close()
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+        sa_client.close()
 
 
-async def play_kubelet(api: Any, namespace: str, job_name: str, workdir: Path) -> None:
-    """Run the Job's Pods locally as a kubelet would, and report their end through the API."""
-    import kubernetes
-
-    core = kubernetes.client.CoreV1Api(api)
-    done: set[str] = set()
-    deadline = asyncio.get_running_loop().time() + 240
-    while asyncio.get_running_loop().time() < deadline:
-        job = kubernetes.client.BatchV1Api(api).read_namespaced_job(job_name, namespace)
-        if any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or []):
-            return
-        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
-        for pod in pods:
-            if pod.metadata.name in done or pod.status.phase in ("Succeeded", "Failed"):
-                continue
-            done.add(pod.metadata.name)
-            volume = next(v for v in pod.spec.volumes if v.secret)
-            secret = core.read_namespaced_secret(volume.secret.secret_name, namespace)
-            config_dir = workdir / pod.metadata.name
-            config_dir.mkdir(parents=True)
-            for key, value in (secret.data or {}).items():
-                (config_dir / key).write_bytes(base64.b64decode(value))
-            container = pod.spec.containers[0]
-            env = {"PATH": os.environ.get("PATH", ""), "HOME": str(workdir)}
-            for item in container.env or []:
-                if item.value is not None:
-                    env[item.name] = item.value
-                elif item.value_from and item.value_from.field_ref:
-                    path = item.value_from.field_ref.field_path
-                    env[item.name] = {"metadata.name": pod.metadata.name,
-                                      "metadata.namespace": namespace}.get(path, "")
-            index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index")
-            if index is not None:
-                env["JOB_COMPLETION_INDEX"] = index
-            env["IMAGESYNC_CONFIG_DIR"] = str(config_dir)
-            env["IMAGESYNC_KUBE_API"] = api.configuration.host
-            token = core.create_namespaced_service_account_token(
-                pod.spec.service_account_name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-            (workdir / f"{pod.metadata.name}-sa").mkdir()
-            (workdir / f"{pod.metadata.name}-sa" / "token").write_text(token)
-            if api.configuration.ssl_ca_cert:
-                (workdir / f"{pod.metadata.name}-sa" / "ca.crt").write_text(
-                    Path(api.configuration.ssl_ca_cert).read_text())
-            env["IMAGESYNC_SA_DIR"] = str(workdir / f"{pod.metadata.name}-sa")
-            process = await asyncio.create_subprocess_exec(sys.executable, "-m", "imagesync.cli.main", "worker",
-                                                           env=env)
-            code = await process.wait()
-            now = kubernetes.client.ApiClient().sanitize_for_serialization(
-                __import__("datetime").datetime.now(__import__("datetime").UTC))
-            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                          "startedAt": now, "finishedAt": now}
-            core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-                "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "",
-                                       "ready": False, "restartCount": 0,
-                                       "state": {"terminated": terminated}}]}})
-        await asyncio.sleep(1)
-    raise AssertionError(f"Job {job_name} did not finish")
+@pytest.fixture
+async def operator(api: Any, namespace: str) -> AsyncIterator[None]:
+    async with running_operator(api, namespace):
+        yield
 
 
-async def wait_phase(api: Any, namespace: str, name: str, phases: set[str], timeout: float = 300) -> dict[str, Any]:
-    import kubernetes
-
-    custom = kubernetes.client.CustomObjectsApi(api)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        obj: dict[str, Any] = custom.get_namespaced_custom_object("imagesync.dev", "v1alpha1", namespace,
-                                                                  "imagesyncjobs", name)
-        if (obj.get("status") or {}).get("phase") in phases:
-            return obj
-        await asyncio.sleep(1)
-    raise AssertionError(f"{name} never reached {phases}")
+# -- registries ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not PLAY_KUBELET and not os.environ.get("IMAGESYNC_E2E_WORKER_IMAGE"),
-                    reason="needs nodes with IMAGESYNC_E2E_WORKER_IMAGE, or IMAGESYNC_E2E_PLAY_KUBELET=1")
-async def test_sync_job_completes_on_a_real_cluster(api: Any, namespace: str, operator: None,
-                                                    make_registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import kubernetes
+@dataclass
+class Registries:
+    source: seed.Target  # for seeding and checking from this process
+    target: seed.Target
+    source_host: str  # as the workers reach them
+    target_host: str
 
-    from testbed import seed
 
+@pytest.fixture
+def registries(make_registry: Callable[..., Any]) -> Iterator[Registries]:
     if PLAY_KUBELET:
         source, target = make_registry(), make_registry()
-        image = seed.push_index(source, "e2e/app", "1", seed="e2e")
-        source_host, target_host = source.host, target.host
-    else:
-        source_host, target_host = os.environ["IMAGESYNC_E2E_SOURCE"], os.environ["IMAGESYNC_E2E_TARGET"]
-        image = None
-    custom = kubernetes.client.CustomObjectsApi(api)
-    for name, host in (("source", source_host), ("target", target_host)):
-        custom.create_namespaced_custom_object("imagesync.dev", "v1alpha1", namespace, "registrycredentials", {
-            "apiVersion": "imagesync.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": name},
-            "spec": {"registry": host, "insecure": True}})
-    custom.create_namespaced_custom_object("imagesync.dev", "v1alpha1", namespace, "imagesyncjobs", {
-        "apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSyncJob", "metadata": {"name": "e2e"},
-        "spec": {"images": {f"{source_host}/e2e/app:1": f"{target_host}/mirror/app"}, "parallelism": 2}})
-    if PLAY_KUBELET:
-        status: dict[str, Any] = {}
-        while not status.get("jobName"):
-            await asyncio.sleep(1)
-            status = custom.get_namespaced_custom_object("imagesync.dev", "v1alpha1", namespace, "imagesyncjobs",
-                                                         "e2e").get("status") or {}
-        await play_kubelet(api, namespace, status["jobName"], tmp_path)
-    obj = await wait_phase(api, namespace, "e2e", {"Succeeded", "PartiallyFailed", "Failed"})
-    status = obj["status"]
-    assert status["phase"] == "Succeeded", status
-    assert status["progress"]["imagesSynced"] + status["progress"]["imagesSkipped"] == 1
-    if image is not None:
-        assert seed.get_manifest(target, "mirror/app", "1")[2] == image.digest
+        yield Registries(source, target, source.host, target.host)
+        return
+    urls = os.environ.get("IMAGESYNC_E2E_SOURCE"), os.environ.get("IMAGESYNC_E2E_TARGET")
+    if not all(urls):
+        pytest.skip("needs IMAGESYNC_E2E_PLAY_KUBELET=1, or IMAGESYNC_E2E_SOURCE/TARGET with nodes")
+    with seed.RegistryAPI(str(urls[0])) as source, seed.RegistryAPI(str(urls[1])) as target:
+        yield Registries(source, target, str(urls[0]).split("://")[-1], str(urls[1]).split("://")[-1])
 
-    # Deleting the ImageSyncJob lets the API server's garbage collector remove the Job and the Secret.
-    custom.delete_namespaced_custom_object("imagesync.dev", "v1alpha1", namespace, "imagesyncjobs", "e2e")
-    batch = kubernetes.client.BatchV1Api(api)
-    for _ in range(60):
-        if not batch.list_namespaced_job(namespace, label_selector="imagesync.dev/job=e2e").items:
-            break
-        await asyncio.sleep(1)
-    assert not batch.list_namespaced_job(namespace, label_selector="imagesync.dev/job=e2e").items
+
+# -- objects and waiting -----------------------------------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, api: Any, namespace: str, workdir: Path) -> None:
+        import kubernetes
+
+        self.api, self.namespace, self.workdir = api, namespace, workdir
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.batch = kubernetes.client.BatchV1Api(api)
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.played: set[str] = set()
+        self.hold_pods = False
+
+    def create(self, plural: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        kind = {"imagesyncjobs": "ImageSyncJob", "registrycredentials": "RegistryCredential"}[plural]
+        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, plural,
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
+        return created
+
+    def credentials_for(self, registries: Registries) -> None:
+        """RegistryCredentials for this test's registries (every ISJ without spec.credentials uses all)."""
+        for host in (registries.source_host, registries.target_host):
+            self.create("registrycredentials", "r-" + host.replace(":", "-").replace(".", "-"),
+                        {"registry": host, "insecure": True})
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, plural, name)
+        return obj
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, "imagesyncjobs", name,
+                                                   {"spec": spec})
+
+    def jobs(self, isj: str) -> list[Any]:
+        return list(self.batch.list_namespaced_job(self.namespace, label_selector=f"imagesync.dev/job={isj}").items)
+
+    def events(self, name: str) -> list[Any]:
+        return [e for e in self.core.list_namespaced_event(self.namespace).items if e.involved_object.name == name]
+
+    async def wait(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            result = check()
+            if result:
+                return result
+            await self.play_pods()
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def status_when(self, name: str, predicate: Callable[[dict[str, Any]], Any], what: str,
+                          timeout: float = 240) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status: dict[str, Any] = self.get("imagesyncjobs", name).get("status") or {}
+            return status if predicate(status) else None
+        result: dict[str, Any] = await self.wait(f"{name}: {what}", check, timeout)
+        return result
+
+    async def finished(self, name: str) -> dict[str, Any]:
+        return await self.status_when(name, lambda s: s.get("phase") in TERMINAL and s.get("completionTime"),
+                                      "a finished run")
+
+    async def play_pods(self) -> None:
+        """Play the kubelet for every worker Pod not yet run (no-op when real nodes run them)."""
+        if not PLAY_KUBELET or self.hold_pods:
+            return
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector="imagesync.dev/job").items
+        for pod in pods:
+            if pod.metadata.name in self.played or pod.status.phase in ("Succeeded", "Failed") \
+                    or pod.metadata.deletion_timestamp:
+                continue
+            self.played.add(pod.metadata.name)
+            code = await self.run_pod(pod)
+            self.finish_pod(pod, code)
+
+    async def run_pod(self, pod: Any) -> int:
+        """Run the Pod's container command here with what the kubelet would give it."""
+        config_dir = self.workdir / pod.metadata.name / "config"
+        sa_dir = self.workdir / pod.metadata.name / "serviceaccount"
+        config_dir.mkdir(parents=True)
+        sa_dir.mkdir()
+        container = pod.spec.containers[0]
+        mount = next(m for m in container.volume_mounts if m.name == "config")
+        volume = next(v for v in pod.spec.volumes if v.name == mount.name)
+        secret = self.core.read_namespaced_secret(volume.secret.secret_name, self.namespace)
+        for key, value in (secret.data or {}).items():
+            (config_dir / key).write_bytes(base64.b64decode(value))
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)}
+        field_values = {"metadata.name": pod.metadata.name, "metadata.namespace": self.namespace}
+        for item in container.env or []:
+            if item.value is not None:
+                env[item.name] = item.value
+            elif item.value_from and item.value_from.field_ref:
+                env[item.name] = field_values[item.value_from.field_ref.field_path]
+        index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index")
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = index  # the kubelet sets it from this annotation
+        env["IMAGESYNC_CONFIG_DIR"] = str(config_dir)  # the mount path, relocated
+        (sa_dir / "token").write_text(service_account_token(self.api, self.namespace,
+                                                            pod.spec.service_account_name))
+        if self.api.configuration.ssl_ca_cert:
+            (sa_dir / "ca.crt").write_text(Path(self.api.configuration.ssl_ca_cert).read_text())
+        env["IMAGESYNC_SA_DIR"] = str(sa_dir)
+        env["IMAGESYNC_KUBE_API"] = self.api.configuration.host  # in a pod: the kubernetes Service
+        assert container.command == ["imagesync", "worker"], container.command
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "imagesync.cli.main", "worker",
+                                                       env=env)
+        return await process.wait()
+
+    def finish_pod(self, pod: Any, code: int) -> None:
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        container = pod.spec.containers[0]
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                      "startedAt": now, "finishedAt": now}
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+            "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "",
+                                   "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}})
+
+
+@pytest.fixture
+def cluster(api: Any, namespace: str, tmp_path: Path) -> Cluster:
+    return Cluster(api, namespace, tmp_path)
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in status.get("conditions") or [] if c["type"] == type_)
+    return found
+
+
+# -- the API server itself: CRD validation and printer columns -----------------------------------------
+
+
+def test_api_server_rejects_specs_the_schema_forbids(cluster: Cluster) -> None:
+    import kubernetes
+
+    for plural, spec, field in (
+            ("imagesyncjobs", {"images": {"a.io/x/y:1": "b.io/x"}, "parallelism": 0}, "spec.parallelism"),
+            ("imagesyncjobs", {"images": {"a.io/x/y:1": "b.io/x"}, "concurrency": "many"}, "spec.concurrency"),
+            ("imagesyncjobs", {}, "spec.images"),
+            ("registrycredentials", {"insecure": True}, "spec.registry")):
+        with pytest.raises(kubernetes.client.ApiException) as raised:
+            cluster.create(plural, "rejected", spec)
+        assert raised.value.status == 422, raised.value.body
+        assert field in str(raised.value.body)
+
+
+# -- runs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("operator")
+async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cluster,
+                                                                     registries: Registries) -> None:
+    index = seed.push_index(registries.source, "e2e/app", "1", seed="e2e")
+    image = seed.push_image(registries.source, "e2e/tool", "2", seed="tool")
+    cluster.credentials_for(registries)
+    cluster.create("imagesyncjobs", "e2e", {"images": {
+        f"{registries.source_host}/e2e/app:1": f"{registries.target_host}/mirror/app",
+        f"{registries.source_host}/e2e/tool:2": f"{registries.target_host}/mirror/tool"}})
+    pending = await cluster.status_when("e2e", lambda s: s.get("jobName"), "a Job")
+    assert pending["phase"] in ("Pending", "Running")
+    status = await cluster.finished("e2e")
+    assert status["phase"] == "Succeeded", status
+    progress = status["progress"]
+    assert progress["imagesTotal"] == 2 and progress["imagesSynced"] == 2 and progress["imagesFailed"] == 0
+    assert progress["percent"] == 100 and progress["bytesCopied"] > 0
+    assert seed.get_manifest(registries.target, "mirror/app", "1")[2] == index.digest
+    assert seed.get_manifest(registries.target, "mirror/tool", "2")[2] == image.digest
+
+    # Every field the operator wrote survived the API server's pruning.
+    assert {"phase", "observedGeneration", "startTime", "completionTime", "progress", "failedImages",
+            "failedImagesTotal", "shards", "jobName", "secretName", "run", "conditions", "syncedSummary",
+            "progressSummary"} <= set(status), sorted(status)
+    assert set(progress) == {"imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied",
+                             "blobsMounted", "blobsSkipped", "bytesCopied", "bytesPerSecond", "percent"}
+    assert status["shards"] == [{"index": 0, "state": "Succeeded", "imagesTotal": 2, "imagesDone": 2,
+                                 "imagesFailed": 0, "bytesCopied": progress["bytesCopied"]}]
+    complete = condition(status, "Complete")
+    assert complete["status"] == "True" and complete["observedGeneration"] == 1 and complete["lastTransitionTime"]
+    reasons = {e.reason for e in cluster.events("e2e")}
+    assert {"RunStarted", "RunSucceeded"} <= reasons, reasons
+
+    # `kubectl get isj` is the status page: the server-side table carries the printer columns.
+    method, url, headers, _, _ = cluster.api.param_serialize(
+        "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{cluster.namespace}/imagesyncjobs",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}, auth_settings=["BearerToken"])
+    response = cluster.api.call_api(method, url, header_params=headers)
+    response.read()
+    table = json.loads(response.data)
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    assert columns == ["Name", "Phase", "Synced", "Failed", "Progress", "Age"]
+    (row,) = [r["cells"] for r in table["rows"] if r["cells"][0] == "e2e"]
+    assert row[1:5] == ["Succeeded", "2/2", 0, "100%"]
+
+    # No credential or config leaks into the Job; the worker got them from the Secret volume only.
+    (job,) = cluster.jobs("e2e")
+    assert job.metadata.owner_references[0].kind == "ImageSyncJob"
+
+    # Deleting the ImageSyncJob lets the garbage collector remove the Job, its Pods and the Secret.
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "imagesyncjobs", "e2e")
+    await cluster.wait("Job and Secret collected", lambda: not cluster.jobs("e2e") and not [
+        s for s in cluster.core.list_namespaced_secret(cluster.namespace).items
+        if s.metadata.name == status["secretName"]])
+
+
+@pytest.mark.usefixtures("operator")
+async def test_failing_source_gives_partially_failed_with_the_reason(cluster: Cluster,
+                                                                     registries: Registries) -> None:
+    seed.push_image(registries.source, "ok/app", "1", seed="ok")
+    cluster.credentials_for(registries)
+    cluster.create("imagesyncjobs", "partial", {"images": {
+        f"{registries.source_host}/ok/app:1": f"{registries.target_host}/ok/app",
+        f"{registries.source_host}/missing/app:1": f"{registries.target_host}/missing/app"}, "retries": 0})
+    status = await cluster.finished("partial")
+    assert status["phase"] == "PartiallyFailed", status
+    assert status["progress"]["imagesSynced"] == 1 and status["progress"]["imagesFailed"] == 1
+    (failure,) = status["failedImages"]
+    assert failure["source"].endswith("missing/app:1") and failure["reason"]
+    assert status["failedImagesTotal"] == 1
+    assert any(e.reason == "RunPartiallyFailed" and e.type == "Warning" for e in cluster.events("partial"))
+
+
+@pytest.mark.usefixtures("operator")
+async def test_sharded_run_follows_what_the_cluster_supports(cluster: Cluster, registries: Registries) -> None:
+    for i in range(4):
+        seed.push_image(registries.source, f"shard/app{i}", "1", seed=f"shard{i}")
+    cluster.credentials_for(registries)
+    images = {f"{registries.source_host}/shard/app{i}:1": f"{registries.target_host}/shard/app{i}" for i in range(4)}
+    cluster.create("imagesyncjobs", "sharded", {"images": images, "parallelism": 2})
+    minor = server_minor(cluster.api)
+    status = await cluster.status_when("sharded", lambda s: s.get("completionTime") or s.get("phase") == "Failed",
+                                       "a finished or refused run")
+    if minor < 21 or (minor == 21 and status["phase"] == "Failed"):
+        # The API server dropped completionMode: the operator refuses to run every pod as shard 0.
+        valid = condition(status, "Valid")
+        assert valid["status"] == "False" and valid["reason"] == "IndexedJobsUnsupported", status
+        await cluster.wait("the unrunnable Job removed", lambda: not cluster.jobs("sharded"))
+        assert any(e.reason == "IndexedJobsUnsupported" for e in cluster.events("sharded"))
+        cluster.patch_spec("sharded", {"parallelism": 1})
+        status = await cluster.status_when("sharded", lambda s: s.get("completionTime") and s.get("run") == 2,
+                                           "run 2")
+        shards = 1
+    else:
+        shards = 2
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"]["imagesSynced"] == 4
+    assert [s["index"] for s in status["shards"]] == list(range(shards))
+    for i in range(4):
+        assert seed.manifest_exists(registries.target, f"shard/app{i}", "1")
+
+
+async def test_operator_restart_mid_run_creates_no_second_job(api: Any, namespace: str, cluster: Cluster,
+                                                              registries: Registries) -> None:
+    seed.push_image(registries.source, "restart/app", "1", seed="restart")
+    cluster.credentials_for(registries)
+    async with running_operator(api, namespace):
+        cluster.create("imagesyncjobs", "restart", {"images": {
+            f"{registries.source_host}/restart/app:1": f"{registries.target_host}/restart/app"}})
+        await cluster.wait("a Job", lambda: cluster.jobs("restart"), timeout=60)
+    async with running_operator(api, namespace):
+        status = await cluster.finished("restart")
+    assert status["phase"] == "Succeeded", status
+    assert [j.metadata.name for j in cluster.jobs("restart")] == ["restart-r1"]
+
+
+@pytest.mark.usefixtures("operator")
+async def test_spec_change_during_a_run_is_queued_then_run(cluster: Cluster, registries: Registries) -> None:
+    seed.push_image(registries.source, "queue/a", "1", seed="qa")
+    seed.push_image(registries.source, "queue/b", "1", seed="qb")
+    cluster.credentials_for(registries)
+    source, target = registries.source_host, registries.target_host
+    cluster.hold_pods = True  # the played kubelet waits, so run 1 is still active when the spec changes
+    cluster.create("imagesyncjobs", "queued", {"images": {f"{source}/queue/a:1": f"{target}/queue/a"}})
+    await cluster.status_when("queued", lambda s: s.get("jobName"), "run 1")
+    cluster.patch_spec("queued", {"images": {f"{source}/queue/a:1": f"{target}/queue/a",
+                                             f"{source}/queue/b:1": f"{target}/queue/b"}})
+    if PLAY_KUBELET:  # with real nodes run 1 may already be over: then the change starts run 2 at once
+        queued = await cluster.status_when("queued", lambda s: s.get("pendingGeneration") == 2, "generation 2 queued")
+        assert condition(queued, "RunQueued")["status"] == "True" and queued["run"] == 1
+    cluster.hold_pods = False
+    final = await cluster.status_when("queued", lambda s: s.get("run") == 2 and s.get("completionTime"), "run 2")
+    assert final["phase"] == "Succeeded" and final["progress"]["imagesTotal"] == 2, final
+    assert final["observedGeneration"] == 2 and not final.get("pendingGeneration")
+    assert condition(final, "RunQueued")["status"] == "False"
+    assert sorted(j.metadata.name for j in cluster.jobs("queued")) == ["queued-r1", "queued-r2"]
+
+
+@pytest.mark.usefixtures("operator")
+async def test_bad_input_gives_conditions_and_warnings_not_jobs(cluster: Cluster) -> None:
+    # Passes the schema, fails the rule language: the operator names the rule.
+    cluster.create("imagesyncjobs", "broken", {"images": {"r.example.com/a/app:1,2": "t.example.com/a/app:x"}})
+    status = await cluster.status_when("broken", lambda s: s.get("phase") == "Failed", "Failed")
+    valid = condition(status, "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec" and "r.example.com/a/app:1,2" in \
+        valid["message"]
+    # A RegistryCredential whose Secret does not exist.
+    cluster.create("registrycredentials", "private", {"registry": "private.example.com",
+                                                      "secretRef": {"name": "not-there"}})
+    cluster.create("imagesyncjobs", "needs-secret", {"images": {
+        "private.example.com/a/app:1": "t.example.com/a/app"}, "credentials": ["private"]})
+    status = await cluster.status_when("needs-secret", lambda s: s.get("phase") == "Failed", "Failed")
+    creds = condition(status, "CredentialsReady")
+    assert creds["status"] == "False" and creds["reason"] == "SecretMissing" and "not-there" in creds["message"]
+    ready = await cluster.wait("regcred Ready", lambda: next((
+        c for c in (cluster.get("registrycredentials", "private").get("status") or {}).get("conditions") or []
+        if c["type"] == "Ready"), None))
+    assert ready["status"] == "False" and ready["reason"] == "SecretMissing"
+    assert not cluster.jobs("broken") and not cluster.jobs("needs-secret")
+    await cluster.wait("warning events", lambda: {"InvalidSpec", "SecretMissing"} <= {
+        e.reason for e in cluster.events("broken") + cluster.events("needs-secret") if e.type == "Warning"})
+
+
+@pytest.mark.usefixtures("operator")
+async def test_suspended_job_starts_nothing(cluster: Cluster) -> None:
+    cluster.create("imagesyncjobs", "paused", {"images": {"r.example.com/a/app:1": "t.example.com/a/app"},
+                                               "suspend": True})
+    status = await cluster.status_when("paused", lambda s: s.get("phase") == "Suspended", "Suspended")
+    assert condition(status, "Suspended")["status"] == "True"
+    assert not cluster.jobs("paused")
