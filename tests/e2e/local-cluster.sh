@@ -21,19 +21,28 @@ SOURCE_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# Bump when the build changes: a stamp with another value rebuilds.
+BUILD_ID="1.20.2 reflect2-1.0.2 kube-openapi-nil-only"
+
 build() {
+    if [ -x "$K8S_HOME/bin/kube-apiserver" ] && [ "$(cat "$K8S_HOME/bin/build-id" 2>/dev/null)" = "$BUILD_ID" ]; then
+        return 0
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-cache showsrc kubernetes >/dev/null 2>&1 || [ -z "$(apt-cache showsrc kubernetes 2>/dev/null)" ]; then
-        cat >/etc/apt/sources.list.d/imagesync-e2e-src.sources <<'EOF'
+    if [ -z "$(apt-cache showsrc kubernetes 2>/dev/null)" ]; then
+        $sudo tee /etc/apt/sources.list.d/imagesync-e2e-src.sources >/dev/null <<'EOF'
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-        apt-get update -qq
+        $sudo apt-get update -qq
     fi
-    apt-get install -y -qq golang-go etcd-server rsync jq openssl golang-github-modern-go-reflect2-dev >/dev/null
+    $sudo apt-get install -y -qq --no-install-recommends golang-go etcd-server rsync jq openssl curl \
+        golang-github-modern-go-reflect2-dev >/dev/null
     mkdir -p "$K8S_HOME/src" "$K8S_HOME/bin"
     cd "$K8S_HOME/src"
     [ -d kubernetes-1.20.2 ] || { apt-get source -qq --download-only "kubernetes=$SOURCE_VERSION"
@@ -51,6 +60,7 @@ EOF
     GOPATH=$PWD/.go CGO_ENABLED=0 HOME=$K8S_HOME \
         make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" GOLDFLAGS="-s -w"
     cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$K8S_HOME/bin/"
+    echo "$BUILD_ID" >"$K8S_HOME/bin/build-id"
 }
 
 start() {
@@ -110,11 +120,15 @@ EOF
 }
 
 stop() {
-    local name
+    local name pid i
     for name in controller-manager apiserver etcd; do
-        [ -f "$RUN/$name.pid" ] && kill "$(cat "$RUN/$name.pid")" 2>/dev/null || true
+        [ -f "$RUN/$name.pid" ] || continue
+        pid=$(cat "$RUN/$name.pid")
+        kill "$pid" 2>/dev/null || true
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$pid" 2>/dev/null || true
+        rm -f "$RUN/$name.pid"
     done
-    sleep 1
 }
 
 case ${1:-} in

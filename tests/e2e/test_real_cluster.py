@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import contextlib
 import datetime as dt
+import json
 import os
 import secrets
 import sys
@@ -321,15 +321,11 @@ class Cluster:
         for key, value in (secret.data or {}).items():
             (config_dir / key).write_bytes(base64.b64decode(value))
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)}
-        field_values = {"metadata.name": pod.metadata.name, "metadata.namespace": self.namespace}
         for item in container.env or []:
             if item.value is not None:
                 env[item.name] = item.value
             elif item.value_from and item.value_from.field_ref:
-                env[item.name] = field_values[item.value_from.field_ref.field_path]
-        index = (pod.metadata.annotations or {}).get("batch.kubernetes.io/job-completion-index")
-        if index is not None:
-            env["JOB_COMPLETION_INDEX"] = index  # the kubelet sets it from this annotation
+                env[item.name] = field_value(pod, item.value_from.field_ref.field_path)
         env["IMAGESYNC_CONFIG_DIR"] = str(config_dir)  # the mount path, relocated
         (sa_dir / "token").write_text(service_account_token(self.api, self.namespace,
                                                             pod.spec.service_account_name))
@@ -352,6 +348,21 @@ class Cluster:
             "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
             "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "",
                                    "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}})
+
+
+def field_value(pod: Any, path: str) -> str:
+    """What the kubelet puts in an env var with a fieldRef (the forms the downward API allows for env).
+    On 1.22+ the Job controller adds JOB_COMPLETION_INDEX this way, from an annotation."""
+    simple = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
+              "metadata.uid": pod.metadata.uid, "spec.serviceAccountName": pod.spec.service_account_name,
+              "spec.nodeName": pod.spec.node_name or "", "status.podIP": pod.status.pod_ip or ""}
+    if path in simple:
+        return str(simple[path])
+    for prefix, mapping in (("metadata.annotations", pod.metadata.annotations),
+                            ("metadata.labels", pod.metadata.labels)):
+        if path.startswith(prefix + "['") and path.endswith("']"):
+            return str((mapping or {}).get(path[len(prefix) + 2:-2], ""))
+    raise AssertionError(f"fieldRef {path!r} is not one this played kubelet knows")
 
 
 @pytest.fixture
