@@ -152,16 +152,26 @@ def select_credentials(names: Sequence[str] | None,
     return [by_name[n] for n in names if n in by_name], [n for n in names if n not in by_name]
 
 
-def auth_document(credentials: Sequence[ResolvedCredential]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The worker's ``auth.yaml`` (image-syncer format; CA files by relative name) and the CA files.
+@dataclass(frozen=True)
+class AuthDocument:
+    auth: dict[str, Any]  # the worker's auth.yaml (image-syncer format; CA files by relative name)
+    ca_files: dict[str, str]  # file name -> PEM
+    used: list[dict[str, str]]  # [{registry, name}]: which RegistryCredential serves each auth key
 
-    Two credentials for the same registry key: the first by name wins (deterministic).
+
+def auth_document(credentials: Sequence[ResolvedCredential]) -> AuthDocument:
+    """What a run's Secret carries for these credentials.
+
+    Two credentials for the same registry key: the first by name wins (deterministic); the other is
+    not used, and a login result for that key is not its business.
     """
     auth: dict[str, Any] = {}
     ca_files: dict[str, str] = {}
+    used: list[dict[str, str]] = []
     for credential in sorted(credentials, key=lambda c: c.name):
         if credential.registry in auth:
             continue
+        used.append({"registry": credential.registry, "name": credential.name})
         entry: dict[str, Any] = {}
         if credential.username is not None:
             entry["username"] = credential.username
@@ -173,4 +183,4 @@ def auth_document(credentials: Sequence[ResolvedCredential]) -> tuple[dict[str, 
             ca_files[file_name] = credential.ca_pem
             entry["caFile"] = file_name
         auth[credential.registry] = entry
-    return auth, ca_files
+    return AuthDocument(auth, ca_files, used)

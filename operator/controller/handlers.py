@@ -96,7 +96,7 @@ def run_active(status: Mapping[str, Any]) -> bool:
     return bool(status.get("jobName")) and not status.get("completionTime")
 
 
-def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> tuple[dict[str, Any], dict[str, str]]:
+def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> creds.AuthDocument:
     selected, missing = creds.select_credentials(spec.credentials, ctx.kube.list_regcreds(namespace))
     if missing:
         raise RunBlocked("CredentialsReady", "CredentialMissing",
@@ -132,9 +132,9 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
         spec = parse_job_spec(isj.get("spec"))
     except SpecError as exc:
         raise RunBlocked("Valid", "InvalidSpec", str(exc)) from exc
-    auth, ca_files = resolve_credentials(ctx, meta["namespace"], spec)
+    document = resolve_credentials(ctx, meta["namespace"], spec)
     run = int(status.get("run") or 0) + 1
-    secret = render_config_secret(isj, run, spec, auth, ca_files)
+    secret = render_config_secret(isj, run, spec, document.auth, document.ca_files)
     job = render_job(isj, run, spec, ctx.settings)
     ctx.kube.create(secret)
     created = ctx.kube.create(job)
@@ -147,7 +147,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     conditions = make_condition(status.get("conditions"), "Valid", "True", "SpecValid", "spec is valid",
                                 generation, now_iso())
     conditions = make_condition(conditions, "CredentialsReady", "True", "Resolved",
-                                f"{len(auth)} registry credential(s) resolved", generation, now_iso())
+                                f"{len(document.auth)} registry credential(s) resolved", generation, now_iso())
     conditions = make_condition(conditions, "RunQueued", "False", "NothingQueued", "", generation, now_iso())
     conditions = make_condition(conditions, "Complete", "False", "Running", f"run {run} started ({reason})",
                                 generation, now_iso())
@@ -156,6 +156,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     return {
         "phase": "Pending", "run": run, "runGeneration": generation, "observedGeneration": generation,
         "jobName": job["metadata"]["name"], "secretName": secret["metadata"]["name"],
+        "credentials": document.used,
         "startTime": now_iso(), "completionTime": None, "pendingGeneration": None,
         "progress": dict(ZERO_PROGRESS), "failedImages": [], "failedImagesTotal": 0, "shards": [],
         "syncedSummary": "0/?", "progressSummary": "-", "conditions": conditions,
@@ -281,30 +282,34 @@ def finish_run(isj: Mapping[str, Any], outcome: str, reports: Mapping[int, Any],
 
 
 def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, Any]) -> None:
-    """Carry the workers' login results onto the RegistryCredentials (the controller itself does no
-    registry I/O): a refused login makes Ready False/LoginRejected until a later run logs in."""
-    meta = isj["metadata"]
+    """Carry the workers' login results onto the RegistryCredentials the run used (the controller
+    itself does no registry I/O): a refused login makes Ready False/LoginRejected until a later run
+    logs in with it."""
+    meta, status = isj["metadata"], isj.get("status") or {}
     accepted = {k for r in reports.values() for k in r.get("loginsAccepted") or [] if isinstance(k, str)}
     rejected = {k for r in reports.values() for k in r.get("loginsRejected") or [] if isinstance(k, str)}
-    if not accepted and not rejected:
+    used = {entry.get("name"): entry.get("registry") for entry in status.get("credentials") or []}
+    if not (accepted | rejected) & set(used.values()):
         return
     for regcred in ctx.kube.list_regcreds(meta["namespace"]):
-        registry = (regcred.get("spec") or {}).get("registry")
-        status = regcred.get("status") or {}
-        ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        name = regcred["metadata"]["name"]
+        registry = used.get(name)
+        if registry is None or registry != (regcred.get("spec") or {}).get("registry"):
+            continue  # not used by this run, or its registry changed since
+        cred_status = regcred.get("status") or {}
+        previous = cred_status.get("conditions")
+        ready: Mapping[str, Any] = next((c for c in previous or [] if c.get("type") == "Ready"), {})
         generation = regcred["metadata"].get("generation", 1)
         if registry in rejected:
-            message = f"{registry} refused these credentials during run {isj['status'].get('run')} of {meta['name']}"
-            conditions = make_condition(status.get("conditions"), "Ready", "False", "LoginRejected", message,
-                                        generation, now_iso())
+            message = f"{registry} refused these credentials during run {status.get('run')} of {meta['name']}"
+            conditions = make_condition(previous, "Ready", "False", "LoginRejected", message, generation, now_iso())
             post_event(regcred, "Warning", reason="LoginRejected", message=message)
         elif registry in accepted and ready.get("reason") == "LoginRejected":
-            conditions = make_condition(status.get("conditions"), "Ready", "True", "LoginAccepted",
+            conditions = make_condition(previous, "Ready", "True", "LoginAccepted",
                                         f"{registry} accepted these credentials", generation, now_iso())
         else:
             continue
-        ctx.kube.patch_regcred_status(meta["namespace"], regcred["metadata"]["name"],
-                                      {"conditions": conditions, "lastCheckTime": now_iso()})
+        ctx.kube.patch_regcred_status(meta["namespace"], name, {"conditions": conditions, "lastCheckTime": now_iso()})
 
 
 def merged(isj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ class Kube:
         """Create; the object as the API server stored it (defaulted, pruned), or None when it already
         exists (a re-delivered event or a restart: not an error)."""
         namespace = obj["metadata"]["namespace"]
+        response: Any
         try:
             if obj["kind"] == "Secret":
                 response = self.core.create_namespaced_secret(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
@@ -81,7 +82,7 @@ class Kube:
     def delete(self, obj: Mapping[str, Any]) -> None:
         """Delete with its dependents (background propagation, as kubectl does); gone already is fine."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        body = {"propagationPolicy": "Background"}
+        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
         try:
             if obj["kind"] == "Secret":
                 self.core.delete_namespaced_secret(name, namespace, body=body, _preload_content=False)

@@ -70,10 +70,17 @@ def test_basic_auth_and_opaque_secrets_and_the_auth_document() -> None:
     anonymous = resolve_credential({"metadata": {"name": "local"},
                                     "spec": {"registry": "127.0.0.1:5000", "insecure": True,
                                              "caBundle": {"inline": "PEM"}}}, None)
-    auth, ca_files = auth_document([one, two, anonymous])
+    document = auth_document([one, two, anonymous])
+    auth, ca_files = document.auth, document.ca_files
     assert auth["registry.example.com"] == {"username": "robot", "password": PASSWORD}
     assert auth["registry.example.com/team"]["username"] == "team"
     assert auth["127.0.0.1:5000"] == {"insecure": True, "caFile": "ca-0.pem"} and ca_files == {"ca-0.pem": "PEM"}
+    assert document.used == [{"registry": "registry.example.com", "name": "cred"},
+                             {"registry": "127.0.0.1:5000", "name": "local"},
+                             {"registry": "registry.example.com/team", "name": "team"}]
+    # Two credentials for one registry: the first by name serves it, the other is not used.
+    shadow = resolve_credential({**regcred("registry.example.com"), "metadata": {"name": "zz-other"}}, basic)
+    assert auth_document([shadow, one]).used == [{"registry": "registry.example.com", "name": "cred"}]
 
 
 def test_select_credentials_all_or_named() -> None:

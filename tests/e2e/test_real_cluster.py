@@ -564,3 +564,78 @@ async def test_suspended_job_starts_nothing(cluster: Cluster) -> None:
     status = await cluster.status_when("paused", lambda s: s.get("phase") == "Suspended", "Suspended")
     assert condition(status, "Suspended")["status"] == "True"
     assert not cluster.jobs("paused")
+
+
+def test_every_example_is_accepted_by_the_api_server(cluster: Cluster) -> None:
+    """examples/ as a user would apply them (server-side dry run: validated, admitted, not stored)."""
+    seen = set()
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            doc["metadata"].pop("namespace", None)
+            if doc["kind"] == "Secret":
+                cluster.core.create_namespaced_secret(cluster.namespace, doc, dry_run="All")
+            else:
+                plural = {"ImageSyncJob": "imagesyncjobs", "RegistryCredential": "registrycredentials"}[doc["kind"]]
+                cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, plural, doc,
+                                                               dry_run="All")
+            seen.add(doc["kind"])
+    assert seen == {"Secret", "ImageSyncJob", "RegistryCredential"}
+
+
+@pytest.mark.usefixtures("operator")
+async def test_private_registries_through_secrets_and_no_credential_leaks(
+        cluster: Cluster, make_registry: Callable[..., Any]) -> None:
+    from kube.objects import basic_auth_secret, dockerconfig_secret
+
+    if not PLAY_KUBELET:
+        pytest.skip("seeds private local registries: needs IMAGESYNC_E2E_PLAY_KUBELET=1")
+    source, target = make_registry("basic"), make_registry("basic")
+    image = seed.push_image(source, "private/app", "1", seed="private")
+    # The API server validates both Secret types (keys present, .dockerconfigjson is JSON).
+    cluster.core.create_namespaced_secret(cluster.namespace,
+                                          basic_auth_secret("source-login", source.username, source.password))
+    cluster.core.create_namespaced_secret(cluster.namespace, dockerconfig_secret(
+        "target-login", target.host, target.username, target.password))
+    cluster.core.create_namespaced_secret(cluster.namespace,
+                                          basic_auth_secret("wrong-login", source.username, "not-the-password"))
+    for name, host, secret in (("private-source", source.host, "source-login"),
+                               ("private-target", target.host, "target-login"),
+                               ("locked-source", source.host, "wrong-login")):
+        cluster.create("registrycredentials", name, {"registry": host, "insecure": True,
+                                                     "secretRef": {"name": secret}})
+    cluster.create("imagesyncjobs", "private", {
+        "images": {f"{source.host}/private/app:1": f"{target.host}/copy/app"},
+        "credentials": ["private-source", "private-target"]})
+    cluster.create("imagesyncjobs", "locked", {
+        "images": {f"{source.host}/private/app:1": f"{target.host}/locked/app"},
+        "credentials": ["locked-source", "private-target"], "retries": 0})
+    status = await cluster.finished("private")
+    assert status["phase"] == "Succeeded", status
+    assert seed.get_manifest(target, "copy/app", "1")[2] == image.digest
+    locked = await cluster.finished("locked")
+    assert locked["phase"] == "Failed" and "401" in locked["failedImages"][0]["reason"], locked
+
+    def login_rejected() -> dict[str, Any] | None:
+        cred = cluster.get("registrycredentials", "locked-source")
+        ready = next((c for c in (cred.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), None)
+        return ready if ready and ready["reason"] == "LoginRejected" else None
+    ready = await cluster.wait("Ready=False/LoginRejected", login_rejected)
+    assert ready["status"] == "False"
+    # The good credential for the same registry was not the one refused: it stays Ready.
+    good = cluster.get("registrycredentials", "private-source")
+    assert condition(good["status"], "Ready")["status"] == "True", good["status"]
+
+    # Credentials live in Secrets only: not in Jobs, Pods, custom resources or events.
+    api = cluster.api
+    visible = [api.sanitize_for_serialization(o) for o in (
+        cluster.jobs("private") + cluster.jobs("locked")
+        + cluster.core.list_namespaced_pod(cluster.namespace, label_selector="imagesync.dev/job").items
+        + cluster.core.list_namespaced_event(cluster.namespace).items)]
+    visible += [cluster.get("imagesyncjobs", n) for n in ("private", "locked")]
+    visible += [cluster.get("registrycredentials", n) for n in ("private-source", "private-target", "locked-source")]
+    text = json.dumps(visible)
+    for secret in (source.password, target.password, "not-the-password", f"{target.username}:{target.password}"):
+        assert secret and secret not in text
+        assert base64.b64encode(secret.encode()).decode() not in text
