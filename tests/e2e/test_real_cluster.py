@@ -156,7 +156,8 @@ def service_account_token(api: Any, namespace: str, name: str) -> str:
 
 @contextlib.asynccontextmanager
 async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
-    """The operator in this process, authenticated as its ServiceAccount (its RBAC applies)."""
+    """The operator in this process, authenticated as its ServiceAccount (its RBAC applies), watching
+    the test namespace only (IMAGESYNC_NAMESPACES), so parallel runs on one cluster keep apart."""
     import kopf
     import kubernetes
 
@@ -190,7 +191,7 @@ async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
         settings.watching.server_timeout = 30
 
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True,
+    task = asyncio.create_task(kopf.operator(registry=registry, namespaces=[namespace], standalone=True,
                                              stop_flag=stop, ready_flag=ready))
     await asyncio.wait_for(ready.wait(), 30)
     try:
@@ -566,22 +567,26 @@ async def test_suspended_job_starts_nothing(cluster: Cluster) -> None:
     assert not cluster.jobs("paused")
 
 
-def test_every_example_is_accepted_by_the_api_server(cluster: Cluster) -> None:
-    """examples/ as a user would apply them (server-side dry run: validated, admitted, not stored)."""
+def test_every_example_and_deploy_manifest_is_accepted_by_the_api_server(cluster: Cluster) -> None:
+    """examples/ and deploy/ as a user would apply them (server-side dry run: validated and admitted,
+    not stored); namespaced objects go to the test namespace."""
+    import kubernetes
+
+    dynamic = kubernetes.dynamic.DynamicClient(cluster.api)
     seen = set()
-    for path in sorted((ROOT / "examples").glob("*.yaml")):
+    for path in sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "deploy").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc:
                 continue
+            resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
             doc["metadata"].pop("namespace", None)
-            if doc["kind"] == "Secret":
-                cluster.core.create_namespaced_secret(cluster.namespace, doc, dry_run="All")
-            else:
-                plural = {"ImageSyncJob": "imagesyncjobs", "RegistryCredential": "registrycredentials"}[doc["kind"]]
-                cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, plural, doc,
-                                                               dry_run="All")
+            # AlreadyExists (installed in this cluster) comes only after validation passed.
+            with contextlib.suppress(kubernetes.dynamic.exceptions.ConflictError):
+                dynamic.create(resource, body=doc, namespace=cluster.namespace if resource.namespaced else None,
+                               dry_run="All")
             seen.add(doc["kind"])
-    assert seen == {"Secret", "ImageSyncJob", "RegistryCredential"}
+    assert {"Secret", "ImageSyncJob", "RegistryCredential", "Deployment", "ClusterRole", "Role",
+            "ServiceAccount", "Namespace"} <= seen, seen
 
 
 @pytest.mark.usefixtures("operator")
