@@ -38,12 +38,35 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
-def api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
-    if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+def in_cluster(kubeconfig: str | None) -> bool:
+    return not kubeconfig and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def kube_configuration(kubeconfig: str | None) -> kubernetes.client.Configuration:
+    """A fresh client configuration: in-cluster (the ServiceAccount token, refreshed as it rotates)
+    or from the kubeconfig (``--kubeconfig``, else $KUBECONFIG or ~/.kube/config)."""
+    configuration = kubernetes.client.Configuration()
+    if in_cluster(kubeconfig):
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(config_file=kubeconfig,  # type: ignore[no-untyped-call]
+                                           client_configuration=configuration)
+    return configuration
+
+
+def connection_info(configuration: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
+    """The same identity for kopf's own API client as for the handlers' kubernetes client."""
+    keys = configuration.api_key or {}
+    authorization = keys.get("authorization") or keys.get("BearerToken") or ""
+    prefix = (configuration.api_key_prefix or {}).get("authorization")
+    if prefix and authorization and " " not in authorization:
+        authorization = f"{prefix} {authorization}"
+    scheme, _, token = authorization.partition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host, ca_path=configuration.ssl_ca_cert, insecure=not configuration.verify_ssl,
+        username=configuration.username or None, password=configuration.password or None,
+        scheme=scheme or None, token=token or None,
+        certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -56,12 +79,21 @@ def main(argv: Sequence[str]) -> int:
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON if settings.log_format == "json"
                    else kopf.LogFormat.PLAIN)
     registry = kopf.OperatorRegistry()
-    ctx = Context(Kube(api_client(args.kubeconfig)), settings)
+    try:
+        configuration = kube_configuration(args.kubeconfig)
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        source = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config or the in-cluster ServiceAccount"
+        print(f"imagesync operator: error: cannot load Kubernetes credentials from {source}: {exc}", file=sys.stderr)
+        return 2
+    ctx = Context(Kube(kubernetes.client.ApiClient(configuration)), settings)
     register(registry, ctx)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+        if in_cluster(args.kubeconfig):
+            return kopf.login_via_client(**kwargs)  # kopf re-reads the rotating ServiceAccount token
+        # Loaded again on every (re-)login: a kubeconfig exec plugin hands out a fresh token.
+        return connection_info(kube_configuration(args.kubeconfig))
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -644,3 +644,49 @@ async def test_private_registries_through_secrets_and_no_credential_leaks(
     for secret in (source.password, target.password, "not-the-password", f"{target.username}:{target.password}"):
         assert secret and secret not in text
         assert base64.b64encode(secret.encode()).decode() not in text
+
+
+async def test_the_shipped_operator_command_runs_a_sync(api: Any, namespace: str, cluster: Cluster,
+                                                        registries: Registries, tmp_path: Path) -> None:
+    """`imagesync operator` itself, as the Deployment runs it (its ServiceAccount's token, json logs,
+    one watched namespace), stops cleanly on SIGTERM."""
+    import signal
+
+    operator_sa = next(d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] == "ServiceAccount"
+                       and "operator" in d["metadata"]["name"])
+    token = service_account_token(api, namespace, operator_sa["metadata"]["name"])
+    cluster_entry: dict[str, Any] = {"server": api.configuration.host}
+    if api.configuration.ssl_ca_cert:
+        cluster_entry["certificate-authority"] = api.configuration.ssl_ca_cert
+    if not api.configuration.verify_ssl:
+        cluster_entry["insecure-skip-tls-verify"] = True
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "e2e", "cluster": cluster_entry}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": "operator"}}]}))
+    kubeconfig.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "IMAGESYNC_"))}
+    env.update(IMAGESYNC_NAMESPACES=namespace, IMAGESYNC_LOG_FORMAT="json",
+               IMAGESYNC_WORKER_IMAGE=os.environ.get("IMAGESYNC_E2E_WORKER_IMAGE", "imagesync:e2e"))
+    log = tmp_path / "operator.log"
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "imagesync.cli.main", "operator", "--kubeconfig", str(kubeconfig),
+            env=env, stdout=sink, stderr=asyncio.subprocess.STDOUT)
+        try:
+            image = seed.push_image(registries.source, "shipped/app", "1", seed="shipped")
+            cluster.credentials_for(registries)
+            cluster.create("imagesyncjobs", "shipped", {"images": {
+                f"{registries.source_host}/shipped/app:1": f"{registries.target_host}/shipped/app"}})
+            status = await cluster.finished("shipped")
+            assert status["phase"] == "Succeeded", (status, log.read_text()[-3000:])
+            assert seed.get_manifest(registries.target, "shipped/app", "1")[2] == image.digest
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 60)
+    assert code == 0, log.read_text()[-3000:]
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines and all(json.loads(line) for line in lines), lines[:5]  # every line a JSON record
+    assert token not in log.read_text()
