@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imagesync.engine.config import auth_key_matches
+from imagesync.engine.reference import Repository
+
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 BASIC_AUTH = "kubernetes.io/basic-auth"
 OPAQUE = "Opaque"
@@ -143,12 +146,19 @@ def _ca_pem(bundle: Any, source: Mapping[str, Any] | None, name: str) -> str | N
     return value
 
 
-def select_credentials(names: Sequence[str] | None,
-                       regcreds: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[str]]:
-    """The RegistryCredentials a job uses (all of the namespace when it names none), and names not found."""
+def select_credentials(names: Sequence[str] | None, regcreds: Sequence[Mapping[str, Any]],
+                       repositories: Sequence[Repository] = ()) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The RegistryCredentials a job uses, and the names it asks for that do not exist.
+
+    Named ones are used as named (a broken one blocks the run: the user asked for it). With none
+    named, those of the namespace that apply to one of the job's repositories: an unrelated broken
+    RegistryCredential must not stop every job of its namespace.
+    """
     by_name = {(r.get("metadata") or {}).get("name"): r for r in regcreds}
     if names is None:
-        return [by_name[n] for n in sorted(n for n in by_name if n)], []
+        return [by_name[n] for n in sorted(n for n in by_name if n)
+                if any(auth_key_matches(str((by_name[n].get("spec") or {}).get("registry", "")), repo)
+                       for repo in repositories)], []
     return [by_name[n] for n in names if n in by_name], [n for n in names if n not in by_name]
 
 

@@ -36,7 +36,7 @@ from imagesync.controller.render import (
 )
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
-from imagesync.controller.spec import JobSpec, SpecError, parse_job_spec
+from imagesync.controller.spec import JobSpec, SpecError, parse_job_spec, repositories
 from imagesync.controller.status import final_phase, fold_progress, make_condition
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ def run_active(status: Mapping[str, Any]) -> bool:
 
 
 def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> creds.AuthDocument:
-    selected, missing = creds.select_credentials(spec.credentials, ctx.kube.list_regcreds(namespace))
+    selected, missing = creds.select_credentials(spec.credentials, ctx.kube.list_regcreds(namespace),
+                                                  repositories(spec))
     if missing:
         raise RunBlocked("CredentialsReady", "CredentialMissing",
                          f"RegistryCredential(s) not found in {namespace}: {', '.join(missing)}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from croniter import croniter
 
+from imagesync.engine.reference import Repository
 from imagesync.engine.rules import parse_rules
 
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
@@ -50,6 +51,12 @@ class JobSpec:
     suspend: bool = False
     schedule: str | None = None
     worker: WorkerSpec = field(default_factory=WorkerSpec)
+
+
+def repositories(spec: JobSpec) -> list[Repository]:
+    """Every source and target repository the job's rules name."""
+    rules, _ = parse_rules(dict(spec.images), spec.default_registry, spec.default_namespace)
+    return [repo for rule in rules for repo in (rule.source.repo, rule.target.repo)]
 
 
 def _int(spec: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:

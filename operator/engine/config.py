@@ -53,6 +53,11 @@ def _prefix(key: str) -> _Prefix:
     return _Prefix(normalise_registry(registry), tuple(p for p in path.split("/") if p))
 
 
+def auth_key_matches(key: str, repo: Repository) -> bool:
+    """Whether an auth key (``registry`` or ``registry/namespace``) applies to ``repo``."""
+    return _prefix(key).matches(repo)
+
+
 class AuthTable:
     """Credentials by ``registry`` or ``registry/namespace`` key; the longest matching prefix wins.
 

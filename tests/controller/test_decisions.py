@@ -11,7 +11,7 @@ import pytest
 
 from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
 from imagesync.controller.schedule import is_due, next_fire
-from imagesync.controller.spec import SpecError, parse_job_spec
+from imagesync.controller.spec import SpecError, parse_job_spec, repositories
 from imagesync.controller.status import final_phase, fold_progress, make_condition
 
 PASSWORD = "s3cr3t-D0-NOT-LEAK"
@@ -83,10 +83,18 @@ def test_basic_auth_and_opaque_secrets_and_the_auth_document() -> None:
     assert auth_document([shadow, one]).used == [{"registry": "registry.example.com", "name": "cred"}]
 
 
-def test_select_credentials_all_or_named() -> None:
-    creds = [{"metadata": {"name": n}} for n in ("b", "a")]
-    assert [c["metadata"]["name"] for c in select_credentials(None, creds)[0]] == ["a", "b"]
-    assert select_credentials(["a", "zz"], creds)[1] == ["zz"]
+def test_select_credentials_named_or_all_that_apply() -> None:
+    creds = [{"metadata": {"name": name}, "spec": {"registry": registry}} for name, registry in (
+        ("b", "registry.example.com"), ("a", "quay.io/team"), ("other-team", "quay.io/other"),
+        ("broken-elsewhere", "unrelated.example.com"), ("hub", "docker.io"))]
+    repos = repositories(parse_job_spec({"images": {
+        "registry.example.com/a/app:1": "quay.io/team/app", "nginx:1": "registry.example.com/mirror/nginx"}}))
+    # Named: exactly those, whatever they apply to; unknown names reported.
+    assert [c["metadata"]["name"] for c in select_credentials(["broken-elsewhere", "a"], creds, repos)[0]] == \
+        ["broken-elsewhere", "a"]
+    assert select_credentials(["a", "zz"], creds, repos)[1] == ["zz"]
+    # None named: those that apply to one of the job's repositories (Docker Hub's alias included).
+    assert [c["metadata"]["name"] for c in select_credentials(None, creds, repos)[0]] == ["a", "b", "hub"]
 
 
 def shard_report(total: int, synced: int, failed: int = 0, done: bool = False) -> dict[str, Any]:

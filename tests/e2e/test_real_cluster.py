@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,7 +283,15 @@ class Cluster:
                 return result
             await self.play_pods()
             await asyncio.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}")
+        raise AssertionError(f"timed out waiting for {what}; {self.describe()}")
+
+    def describe(self) -> str:
+        """Jobs and Pods of the namespace, for a failure message."""
+        jobs = [(j.metadata.name, j.status.succeeded, j.status.failed, j.status.active)
+                for j in self.batch.list_namespaced_job(self.namespace).items]
+        pods = [(p.metadata.name, p.status.phase, p.metadata.name in self.played)
+                for p in self.core.list_namespaced_pod(self.namespace).items]
+        return f"jobs (name, succeeded, failed, active): {jobs}; pods (name, phase, played): {pods}"
 
     async def status_when(self, name: str, predicate: Callable[[dict[str, Any]], Any], what: str,
                           timeout: float = 240) -> dict[str, Any]:
@@ -333,7 +342,10 @@ class Cluster:
         if self.api.configuration.ssl_ca_cert:
             (sa_dir / "ca.crt").write_text(Path(self.api.configuration.ssl_ca_cert).read_text())
         env["IMAGESYNC_SA_DIR"] = str(sa_dir)
-        env["IMAGESYNC_KUBE_API"] = self.api.configuration.host  # in a pod: the kubernetes Service
+        # What the kubelet gives every container: the kubernetes Service's address (here the API server's).
+        api_url = urllib.parse.urlsplit(self.api.configuration.host)
+        env["KUBERNETES_SERVICE_HOST"] = str(api_url.hostname)
+        env["KUBERNETES_SERVICE_PORT"] = str(api_url.port or 443)
         assert container.command == ["imagesync", "worker"], container.command
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "imagesync.cli.main", "worker",
                                                        env=env)

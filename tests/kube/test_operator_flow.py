@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from kube.conftest import Cluster, Operator
 from kube.jobplayer import JobPlayer
@@ -60,6 +61,11 @@ async def test_one_failing_source_is_partially_failed(cluster: Cluster, operator
     assert status["failedImagesTotal"] == 1
 
 
+def condition_of(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in status["conditions"] if c["type"] == type_)
+    return found
+
+
 async def test_invalid_spec_fails_with_a_message_and_a_warning(cluster: Cluster, operator: Operator) -> None:
     await cluster.create(isj("broken", {"r.io/a/app:1,2": "t.io/a/app:x"}))
     status = await cluster.wait_status("broken", lambda s: s.get("phase") == "Failed", "Failed")
@@ -108,6 +114,11 @@ async def test_missing_secret_is_a_clear_false_condition(cluster: Cluster, opera
         return next((c for c in conditions if c["type"] == "Ready"), None)
     condition = await cluster.wait_for("regcred Ready condition", ready)
     assert condition["status"] == "False" and condition["reason"] == "SecretMissing"
+
+    # A job whose images that broken credential does not apply to is not held up by it.
+    await cluster.create(isj("unrelated", {"other.example.com/a/app:1": "t.example.com/a/app"}))
+    status = await cluster.wait_status("unrelated", lambda s: s.get("jobName"), "a job")
+    assert condition_of(status, "CredentialsReady")["status"] == "True"
 
 
 async def test_basic_auth_and_dockerconfigjson_secrets(cluster: Cluster, operator: Operator, player: JobPlayer,
