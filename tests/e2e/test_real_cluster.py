@@ -702,3 +702,24 @@ async def test_the_shipped_operator_command_runs_a_sync(api: Any, namespace: str
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert lines and all(json.loads(line) for line in lines), lines[:5]  # every line a JSON record
     assert token not in log.read_text()
+
+
+@pytest.mark.usefixtures("operator")
+async def test_schedule_fires_again_but_never_overlaps_a_run(cluster: Cluster, registries: Registries) -> None:
+    if not PLAY_KUBELET:
+        pytest.skip("holds a run past its next fire: needs IMAGESYNC_E2E_PLAY_KUBELET=1")
+    seed.push_image(registries.source, "cron/app", "1", seed="cron")
+    cluster.credentials_for(registries)
+    cluster.hold_pods = True  # run 1 stays active past the next fire
+    cluster.create("imagesyncjobs", "cron", {
+        "images": {f"{registries.source_host}/cron/app:1": f"{registries.target_host}/cron/app"},
+        "schedule": "* * * * *"})
+    status = await cluster.status_when("cron", lambda s: s.get("jobName") and s.get("nextScheduleTime"), "run 1")
+    next_fire = dt.datetime.fromisoformat(status["nextScheduleTime"].replace("Z", "+00:00"))
+    await asyncio.sleep(max(0.0, (next_fire - dt.datetime.now(dt.UTC)).total_seconds()) + 5)
+    assert [j.metadata.name for j in cluster.jobs("cron")] == ["cron-r1"]  # the due fire waits
+    cluster.hold_pods = False
+    final = await cluster.status_when("cron", lambda s: s.get("run") == 2 and s.get("completionTime"), "run 2")
+    assert final["phase"] == "Succeeded", final
+    assert sorted(j.metadata.name for j in cluster.jobs("cron")) == ["cron-r1", "cron-r2"]
+    assert final["lastScheduleTime"] and final["nextScheduleTime"] > final["lastScheduleTime"]
