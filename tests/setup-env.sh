@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what imagesync's tests and demo need on a fresh Debian machine:
-# system packages (docker-registry, skopeo, htpasswd), a virtualenv at .venv, the project with its test extras.
+# system packages (docker-registry, skopeo, htpasswd, strace), a virtualenv at .venv, the project with its test extras.
 # Idempotent: a second run only checks. Source it or run it; it leaves VENV set when sourced.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,6 +10,7 @@ need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

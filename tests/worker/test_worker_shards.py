@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 from testbed import seed
 from testbed.registry import RegistryProcess
+from testbed.system import require_system_part
 
 
 def write_config_dir(directory: Path, images: dict[str, str], auth: dict[str, object],
@@ -70,3 +72,27 @@ def test_sharded_pod_without_completion_index_refuses_to_guess(tmp_path: Path) -
     assert "Traceback" not in result.stderr
     single = run_worker(config, None, 1)  # one shard needs no index
     assert "JOB_COMPLETION_INDEX" not in single.stderr
+
+
+def test_worker_writes_no_file_so_a_read_only_root_filesystem_is_fine(registry: RegistryProcess,
+                                                                     registry2: RegistryProcess,
+                                                                     tmp_path: Path) -> None:
+    # The Job's container has readOnlyRootFilesystem: true. A write anywhere (a cache, a temp file,
+    # a log) would fail the pod, so trace every file-creating call of a whole worker run.
+    require_system_part(shutil.which("strace"), "strace", "strace")
+    seed.push_image(registry, "ro/app", "1", seed="ro")
+    write_config_dir(tmp_path / "config", {f"{registry.host}/ro/app:1": f"{registry2.host}/ro/app"},
+                     {registry.host: {"insecure": True}, registry2.host: {"insecure": True}}, {})
+    trace = tmp_path / "trace"
+    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "IMAGESYNC_CONFIG_DIR": str(tmp_path / "config"),
+           "IMAGESYNC_SHARDS": "1"}
+    result = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e",
+                             "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat",
+                             sys.executable, "-m", "imagesync.cli.main", "worker"],
+                            env=env, cwd="/", capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 synced" in result.stdout
+    writes = [line for line in trace.read_text().splitlines()
+              if any(flag in line for flag in ("O_WRONLY", "O_RDWR", "O_CREAT", "mkdir", "rename", "unlink", "creat("))
+              and "= -1" not in line and '"/dev/null"' not in line]
+    assert writes == []
