@@ -33,6 +33,7 @@ from imagesync.controller.render import (
     render_config_secret,
     render_job,
     run_name,
+    runs_to_prune,
 )
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
@@ -273,7 +274,7 @@ def finish_run(isj: Mapping[str, Any], outcome: str, reports: Mapping[int, Any],
     if outcome == "Failed" and not all_done:
         message += "; worker pods failed (see the Job's pods and their logs)"
     patch = dict(folded)
-    patch.update(phase=phase, completionTime=now_iso(), conditions=make_condition(
+    patch.update(phase=phase, completionTime=now_iso(), secretName=None, conditions=make_condition(
         status.get("conditions"), "Complete", "True", phase, message, generation, now_iso()))
     if phase == "Succeeded":
         post_event(isj, "Normal", reason="RunSucceeded", message=message)
@@ -311,6 +312,23 @@ def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, An
         else:
             continue
         ctx.kube.patch_regcred_status(meta["namespace"], name, {"conditions": conditions, "lastCheckTime": now_iso()})
+
+
+def prune_runs(ctx: Context, isj: Mapping[str, Any], finished: int) -> None:
+    """A finished run's credentials go at once (its pods are done with them); Jobs and Pods of runs
+    older than spec.historyLimit go too, so a frequent schedule does not pile them up."""
+    meta = isj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        keep = parse_job_spec(isj.get("spec")).history_limit
+    except SpecError:
+        keep = JobSpec(images={}).history_limit
+    ctx.kube.delete({"kind": "Secret", "metadata": {"namespace": namespace, "name": run_name(name, finished)}})
+    runs = {int(job["metadata"]["labels"][LABEL_RUN]) for job in ctx.kube.list_jobs(namespace, {LABEL_JOB: name})
+            if str(job["metadata"].get("labels", {}).get(LABEL_RUN, "")).isdigit()}
+    for old in runs_to_prune(runs, finished, keep):
+        ctx.kube.delete({"kind": "Job", "metadata": {"namespace": namespace, "name": run_name(name, old)}})
+        ctx.kube.delete({"kind": "Secret", "metadata": {"namespace": namespace, "name": run_name(name, old)}})
 
 
 def merged(isj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -372,6 +390,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
                 patch.update(reconcile(ctx, after, "queued spec change"))
             ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], patch)
+            prune_runs(ctx, isj, int(meta["labels"][LABEL_RUN]))
 
     @kopf.timer(GROUP, VERSION, JOBS_PLURAL, interval=ctx.schedule_interval, registry=registry,
                 when=lambda spec, **_: bool(spec.get("schedule")))

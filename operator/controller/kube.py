@@ -53,13 +53,18 @@ class Kube:
         items: list[Obj] = result.get("items") or []
         return items
 
-    def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+    def _list(self, call: Any, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = self._json(self.core.list_namespaced_pod(namespace, label_selector=selector,
-                                                          _preload_content=False))
-        # Filter again: an emulator may ignore the selector, and a wrong pod here would corrupt status.
-        return [pod for pod in result.get("items") or []
-                if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+        result = self._json(call(namespace, label_selector=selector, _preload_content=False))
+        # Filter again: an emulator may ignore the selector, and a wrong object here would corrupt status.
+        return [obj for obj in result.get("items") or []
+                if all((obj.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+        return self._list(self.core.list_namespaced_pod, namespace, labels)
+
+    def list_jobs(self, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
+        return self._list(self.batch.list_namespaced_job, namespace, labels)
 
     def create(self, obj: Mapping[str, Any]) -> Obj | None:
         """Create; the object as the API server stored it (defaulted, pruned), or None when it already

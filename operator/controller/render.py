@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -148,3 +148,8 @@ def dropped_job_fields(rendered: Mapping[str, Any], stored: Mapping[str, Any]) -
                 "the Job's completionMode: Indexed; it needs Kubernetes 1.22 or later, or 1.21 with the "
                 "IndexedJob feature gate): set spec.parallelism to 1 or upgrade the cluster")
     return None
+
+
+def runs_to_prune(runs: Iterable[int], current: int, keep: int) -> list[int]:
+    """Finished runs beyond the ``keep`` newest (the current run counts as one of them)."""
+    return sorted(run for run in set(runs) if run <= current - keep)

@@ -50,6 +50,7 @@ class JobSpec:
     parallelism: int = 1
     suspend: bool = False
     schedule: str | None = None
+    history_limit: int = 3  # finished runs whose Job (and Pods) are kept
     worker: WorkerSpec = field(default_factory=WorkerSpec)
 
 
@@ -123,7 +124,8 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         credentials=credentials, platforms=platforms,
         concurrency=_int(spec, "concurrency", 5, 1, 256), retries=_int(spec, "retries", 2, 0, 20),
         qps=float(qps), force=_bool(spec, "force"), parallelism=_int(spec, "parallelism", 1, 1, 100),
-        suspend=_bool(spec, "suspend"), schedule=schedule, worker=_worker(spec.get("worker")),
+        suspend=_bool(spec, "suspend"), schedule=schedule, history_limit=_int(spec, "historyLimit", 3, 1, 100),
+        worker=_worker(spec.get("worker")),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
+from imagesync.controller.render import runs_to_prune
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.spec import SpecError, parse_job_spec, repositories
 from imagesync.controller.status import final_phase, fold_progress, make_condition
@@ -153,3 +154,12 @@ def test_spec_errors_name_the_field(spec: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as info:
         parse_job_spec(spec)
     assert info.value.field_path == field
+
+
+def test_runs_to_prune_keeps_the_newest() -> None:
+    assert runs_to_prune({1, 2, 3, 4, 5}, 5, 3) == [1, 2]
+    assert runs_to_prune({4, 5}, 5, 3) == []
+    assert runs_to_prune({1, 5}, 5, 1) == [1]
+    assert parse_job_spec({"images": {"a.io/b/c:1": "d.io/e"}}).history_limit == 3
+    with pytest.raises(SpecError, match=r"spec\.historyLimit"):
+        parse_job_spec({"images": {"a.io/b/c:1": "d.io/e"}, "historyLimit": 0})

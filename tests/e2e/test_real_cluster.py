@@ -429,7 +429,7 @@ async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cl
 
     # Every field the operator wrote survived the API server's pruning.
     assert {"phase", "observedGeneration", "startTime", "completionTime", "progress", "failedImages",
-            "failedImagesTotal", "shards", "jobName", "secretName", "run", "conditions", "syncedSummary",
+            "failedImagesTotal", "shards", "jobName", "credentials", "run", "conditions", "syncedSummary",
             "progressSummary"} <= set(status), sorted(status)
     assert set(progress) == {"imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied",
                              "blobsMounted", "blobsSkipped", "bytesCopied", "bytesPerSecond", "percent"}
@@ -456,11 +456,17 @@ async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cl
     (job,) = cluster.jobs("e2e")
     assert job.metadata.owner_references[0].kind == "ImageSyncJob"
 
-    # Deleting the ImageSyncJob lets the garbage collector remove the Job, its Pods and the Secret.
+    # The run's credentials do not outlive it: its Secret is gone once the run has ended.
+    await cluster.wait("the run's Secret deleted", lambda: not [
+        s for s in cluster.core.list_namespaced_secret(cluster.namespace).items if s.metadata.name == "e2e-r1"])
+    assert "secretName" not in status
+
+    # Deleting the ImageSyncJob lets the garbage collector remove the Job and its Pods.
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "imagesyncjobs", "e2e")
-    await cluster.wait("Job and Secret collected", lambda: not cluster.jobs("e2e") and not [
-        s for s in cluster.core.list_namespaced_secret(cluster.namespace).items
-        if s.metadata.name == status["secretName"]])
+    def collected() -> bool:
+        pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector="imagesync.dev/job=e2e").items
+        return not cluster.jobs("e2e") and not pods
+    await cluster.wait("Job and Pods collected", collected)
 
 
 @pytest.mark.usefixtures("operator")

@@ -271,3 +271,30 @@ async def test_refused_login_shows_on_the_registry_credential(cluster: Cluster, 
     assert condition["status"] == "False" and "not-the-password" not in str(condition)
     await asyncio.sleep(1.2)  # the periodic Secret check must not flip it back to True
     assert ready() is not None
+
+
+async def test_finished_runs_drop_their_credentials_and_old_runs_are_pruned(cluster: Cluster,
+                                                                            operator: Operator) -> None:
+    path = f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/history"
+
+    def run_secrets() -> list[str]:
+        return sorted(s["metadata"]["name"] for s in cluster.secrets() if s["metadata"]["name"].startswith("history-"))
+
+    async def end_run(run: int) -> None:  # the Job controller marks it failed (no registry answers here)
+        await cluster.patch(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/history-r{run}/status",
+                            {"status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True"}]}})
+
+    await cluster.create(isj("history", {"r.example.com/a/app:1": "t.example.com/a/app"}, historyLimit=1))
+    await cluster.wait_status("history", lambda s: s.get("jobName") == "history-r1", "run 1")
+    assert run_secrets() == ["history-r1"]
+    await end_run(1)
+    status = await cluster.wait_status("history", lambda s: s.get("completionTime"), "run 1 finished")
+    assert "secretName" not in status
+    await cluster.wait_for("run 1's Secret deleted", lambda: run_secrets() == [])
+    assert [j["metadata"]["name"] for j in cluster.jobs()] == ["history-r1"]  # kept: within historyLimit
+
+    await cluster.patch(path, {"spec": {"images": {"r.example.com/a/app:2": "t.example.com/a/app"}}})
+    await cluster.wait_status("history", lambda s: s.get("jobName") == "history-r2", "run 2")
+    await end_run(2)
+    await cluster.wait_for("run 1 pruned", lambda: [j["metadata"]["name"] for j in cluster.jobs()] == ["history-r2"])
+    await cluster.wait_for("run 2's Secret deleted", lambda: run_secrets() == [])
