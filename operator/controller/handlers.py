@@ -38,7 +38,7 @@ from imagesync.controller.render import (
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.spec import JobSpec, SpecError, parse_job_spec, repositories
-from imagesync.controller.status import final_phase, fold_progress, make_condition
+from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
 
 log = logging.getLogger(__name__)
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -151,6 +151,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     conditions = make_condition(conditions, "CredentialsReady", "True", "Resolved",
                                 f"{len(document.auth)} registry credential(s) resolved", generation, now_iso())
     conditions = make_condition(conditions, "RunQueued", "False", "NothingQueued", "", generation, now_iso())
+    conditions = make_condition(conditions, "WorkersReady", "Unknown", "RunStarting", "", generation, now_iso())
     conditions = make_condition(conditions, "Complete", "False", "Running", f"run {run} started ({reason})",
                                 generation, now_iso())
     if created is not None:
@@ -185,13 +186,23 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     meta, status = isj["metadata"], isj.get("status") or {}
     generation = meta.get("generation", 1)
     if run_active(status):
-        if status.get("runGeneration") != generation and status.get("pendingGeneration") != generation:
+        changed = status.get("runGeneration") != generation
+        stuck = next((c for c in status.get("conditions") or []
+                      if c.get("type") == "WorkersReady" and c.get("status") == "False"), None)
+        if changed and stuck is not None:
+            # Its workers cannot start (a wrong image, say): queueing the fix behind it would wait forever.
+            supersede_run(ctx, isj)
+            post_event(isj, "Normal", reason="RunSuperseded",
+                       message=f"run {status.get('run')} never started ({stuck.get('reason')}): "
+                               f"starting the next run on the changed spec")
+        elif changed and status.get("pendingGeneration") != generation:
             post_event(isj, "Normal", reason="RunQueued",
                       message=f"spec changed during run {status.get('run')}: the next run starts when it ends")
             return {"pendingGeneration": generation, "conditions": make_condition(
                 status.get("conditions"), "RunQueued", "True", "SpecChanged",
                 f"generation {generation} waits for run {status.get('run')} to finish", generation, now_iso())}
-        return {}
+        else:
+            return {}
     if status.get("runGeneration") == generation and reason == "resume":
         return {}  # the run for this spec already happened; a restart starts nothing new
     try:
@@ -215,36 +226,66 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     return patch
 
 
-def shard_reports(ctx: Context, namespace: str, isj_name: str, run: int) -> tuple[dict[int, Any], dict[int, str]]:
-    """Latest report and pod phase per completion index (a retried pod replaces its predecessor)."""
-    pods = ctx.kube.list_pods(namespace, {LABEL_JOB: isj_name, LABEL_RUN: str(run)})
+@dataclass
+class RunPods:
+    """What a run's worker Pods say: the latest report and pod phase per completion index (a retried
+    pod replaces its predecessor), and why any of them cannot start."""
+
+    reports: dict[int, Any] = field(default_factory=dict)
+    phases: dict[int, str] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_pods(ctx: Context, isj: Mapping[str, Any]) -> RunPods:
+    meta = isj["metadata"]
+    run = int((isj.get("status") or {}).get("run") or 0)
+    pods = ctx.kube.list_pods(meta["namespace"], {LABEL_JOB: meta["name"], LABEL_RUN: str(run)})
     pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    reports: dict[int, Any] = {}
-    phases: dict[int, str] = {}
+    found = RunPods()
     for pod in pods:
-        meta = pod["metadata"]
-        index_text = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or \
-            (meta.get("labels") or {}).get(COMPLETION_INDEX) or "0"
+        pod_meta = pod["metadata"]
+        index_text = (pod_meta.get("annotations") or {}).get(COMPLETION_INDEX) or \
+            (pod_meta.get("labels") or {}).get(COMPLETION_INDEX) or "0"
         try:
             index = int(index_text)
         except ValueError:
             continue
-        raw = (meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
+        raw = (pod_meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
         if raw:
             try:
                 report = json.loads(raw)
             except ValueError:
-                log.warning("pod %s has an unreadable progress annotation", meta.get("name"))
+                log.warning("pod %s has an unreadable progress annotation", pod_meta.get("name"))
                 report = None
             if isinstance(report, dict):
-                reports[index] = report
-        phases[index] = (pod.get("status") or {}).get("phase") or "Pending"
-    return reports, phases
+                found.reports[index] = report
+        found.phases[index] = (pod.get("status") or {}).get("phase") or "Pending"
+        problem = pod_problem(pod)
+        if problem and not pod_meta.get("deletionTimestamp"):
+            found.problems.append(problem)
+    return found
 
 
-def run_reports(ctx: Context, isj: Mapping[str, Any]) -> tuple[dict[int, Any], dict[int, str]]:
-    meta = isj["metadata"]
-    return shard_reports(ctx, meta["namespace"], meta["name"], int((isj.get("status") or {}).get("run") or 0))
+def workers_condition(isj: Mapping[str, Any], pods: RunPods) -> list[dict[str, Any]] | None:
+    """The WorkersReady condition when it changes (posting a Warning when workers get stuck), else None."""
+    status = isj.get("status") or {}
+    previous = next((c for c in status.get("conditions") or [] if c.get("type") == "WorkersReady"), None)
+    if pods.problems:
+        reason = pods.problems[0][0]
+        message = "; ".join(m for _, m in pods.problems[:3]) + \
+            (f" (and {len(pods.problems) - 3} more pods)" if len(pods.problems) > 3 else "")
+        state = "False"
+    elif pods.reports or "Running" in pods.phases.values() or previous is not None:
+        state, reason, message = "True", "WorkersStarted", "worker pods are running or have run"
+    else:
+        return None
+    if previous and (previous.get("status"), previous.get("reason"), previous.get("message")) == \
+            (state, reason, message):
+        return None
+    if state == "False" and (previous is None or previous.get("reason") != reason):
+        post_event(isj, "Warning", reason=reason, message=message)
+    return make_condition(status.get("conditions"), "WorkersReady", state, reason, message,
+                          isj["metadata"].get("generation", 1), now_iso())
 
 
 def fold_live(isj: Mapping[str, Any], reports: Mapping[int, Any], phases: Mapping[int, str]) -> dict[str, Any]:
@@ -314,21 +355,33 @@ def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, An
         ctx.kube.patch_regcred_status(meta["namespace"], name, {"conditions": conditions, "lastCheckTime": now_iso()})
 
 
+def delete_run(ctx: Context, isj: Mapping[str, Any], run: int, kinds: tuple[str, ...] = ("Job", "Secret")) -> None:
+    """Delete a run's objects (a Job takes its Pods with it); gone already is fine."""
+    meta = isj["metadata"]
+    for kind in kinds:
+        ctx.kube.delete({"kind": kind, "metadata": {"namespace": meta["namespace"],
+                                                    "name": run_name(meta["name"], run)}})
+
+
+def supersede_run(ctx: Context, isj: Mapping[str, Any]) -> None:
+    """Remove the active run; its number is not reused (its objects may take a while to go)."""
+    delete_run(ctx, isj, int((isj.get("status") or {}).get("run") or 0))
+
+
 def prune_runs(ctx: Context, isj: Mapping[str, Any], finished: int) -> None:
     """A finished run's credentials go at once (its pods are done with them); Jobs and Pods of runs
     older than spec.historyLimit go too, so a frequent schedule does not pile them up."""
-    meta = isj["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
     try:
         keep = parse_job_spec(isj.get("spec")).history_limit
     except SpecError:
         keep = JobSpec(images={}).history_limit
-    ctx.kube.delete({"kind": "Secret", "metadata": {"namespace": namespace, "name": run_name(name, finished)}})
-    runs = {int(job["metadata"]["labels"][LABEL_RUN]) for job in ctx.kube.list_jobs(namespace, {LABEL_JOB: name})
+    delete_run(ctx, isj, finished, ("Secret",))
+    meta = isj["metadata"]
+    runs = {int(job["metadata"]["labels"][LABEL_RUN]) for job in ctx.kube.list_jobs(meta["namespace"],
+                                                                                      {LABEL_JOB: meta["name"]})
             if str(job["metadata"].get("labels", {}).get(LABEL_RUN, "")).isdigit()}
     for old in runs_to_prune(runs, finished, keep):
-        ctx.kube.delete({"kind": "Job", "metadata": {"namespace": namespace, "name": run_name(name, old)}})
-        ctx.kube.delete({"kind": "Secret", "metadata": {"namespace": namespace, "name": run_name(name, old)}})
+        delete_run(ctx, isj, old)
 
 
 def merged(isj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -365,7 +418,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
                 return  # a pod of an older run, or of a deleted ImageSyncJob
             if run_active(isj.get("status") or {}):
-                folded = fold_live(isj, *run_reports(ctx, isj))
+                pods = run_pods(ctx, isj)
+                folded = fold_live(isj, pods.reports, pods.phases)
+                conditions = workers_condition(isj, pods)
+                if conditions is not None:
+                    folded["conditions"] = conditions
                 ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], folded)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
@@ -382,9 +439,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             status = isj.get("status") or {}
             if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
                 return  # already folded (a re-delivered event) or an older run
-            reports, phases = run_reports(ctx, isj)
-            patch = finish_run(isj, outcome, reports, phases)
-            report_logins(ctx, isj, reports)
+            pods = run_pods(ctx, isj)
+            patch = finish_run(isj, outcome, pods.reports, pods.phases)
+            report_logins(ctx, isj, pods.reports)
             after = merged(isj, patch)
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:

@@ -107,3 +107,24 @@ def make_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str, s
         new["observedGeneration"] = generation
     result.append(new)
     return sorted(result, key=lambda c: str(c.get("type")))
+
+
+# Container states that do not end by themselves: the run would wait forever without saying why.
+STUCK_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                                   "CreateContainerError", "RunContainerError", "CrashLoopBackOff"})
+
+
+def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a worker Pod cannot start or keeps failing to, else None."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in STUCK_WAITING_REASONS:
+            return str(reason), f"pod {name}: {reason}: {waiting.get('message') or 'no message'}"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return "Unschedulable", f"pod {name}: Unschedulable: {condition.get('message') or 'no message'}"
+    return None

@@ -13,7 +13,7 @@ from imagesync.controller.credentials import CredentialError, auth_document, res
 from imagesync.controller.render import runs_to_prune
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.spec import SpecError, parse_job_spec, repositories
-from imagesync.controller.status import final_phase, fold_progress, make_condition
+from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
 
 PASSWORD = "s3cr3t-D0-NOT-LEAK"
 
@@ -163,3 +163,19 @@ def test_runs_to_prune_keeps_the_newest() -> None:
     assert parse_job_spec({"images": {"a.io/b/c:1": "d.io/e"}}).history_limit == 3
     with pytest.raises(SpecError, match=r"spec\.historyLimit"):
         parse_job_spec({"images": {"a.io/b/c:1": "d.io/e"}, "historyLimit": 0})
+
+
+def test_pod_problem_names_what_keeps_a_worker_from_starting() -> None:
+    def pod(status: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": "w-r1-abc"}, "status": status}
+    pulling = pod({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {
+        "reason": "ErrImagePull", "message": "manifest unknown"}}}]})
+    assert pod_problem(pulling) == ("ErrImagePull", "pod w-r1-abc: ErrImagePull: manifest unknown")
+    unschedulable = pod({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                             "reason": "Unschedulable",
+                                                             "message": "0/3 nodes match nodeSelector"}]})
+    assert pod_problem(unschedulable) == ("Unschedulable", "pod w-r1-abc: Unschedulable: 0/3 nodes match nodeSelector")
+    # Ordinary start-up is not a problem.
+    creating = pod({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]})
+    assert pod_problem(creating) is None
+    assert pod_problem(pod({"phase": "Running"})) is None

@@ -298,3 +298,35 @@ async def test_finished_runs_drop_their_credentials_and_old_runs_are_pruned(clus
     await end_run(2)
     await cluster.wait_for("run 1 pruned", lambda: [j["metadata"]["name"] for j in cluster.jobs()] == ["history-r2"])
     await cluster.wait_for("run 2's Secret deleted", lambda: run_secrets() == [])
+
+
+async def test_stuck_workers_are_shown_and_a_fix_replaces_the_run(cluster: Cluster, operator: Operator,
+                                                                  player: JobPlayer) -> None:
+    path = f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/typo"
+    await cluster.create(isj("typo", {"r.example.com/a/app:1": "t.example.com/a/app"},
+                             worker={"image": "registry.example.com/imagesnyc:1"}))
+    await cluster.wait_status("typo", lambda s: s.get("jobName") == "typo-r1", "run 1")
+    # The Job controller creates the Pod; the kubelet cannot pull its image.
+    job = await player.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/typo-r1")
+    pod = await player.start_pod(job, 0)
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "registry.example.com/imagesnyc:1"'}
+    await player.patch_status(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}", {
+        "phase": "Pending", "containerStatuses": [{
+            "name": "worker", "ready": False, "restartCount": 0, "image": "registry.example.com/imagesnyc:1",
+            "imageID": "", "state": {"waiting": waiting}}]})
+    status = await cluster.wait_status("typo", lambda s: any(
+        c["type"] == "WorkersReady" and c["status"] == "False" for c in s.get("conditions") or []), "stuck")
+    workers = condition_of(status, "WorkersReady")
+    assert workers["reason"] == "ImagePullBackOff" and "imagesnyc" in workers["message"]
+    await cluster.wait_for("a warning event", lambda: any(
+        e.get("type") == "Warning" and e.get("reason") == "ImagePullBackOff" for e in cluster.events()))
+
+    # Fixing the image does not queue behind a run that can never end: it replaces it.
+    await cluster.patch(path, {"spec": {"worker": {"image": "registry.example.com/imagesync:1"}}})
+    status = await cluster.wait_status("typo", lambda s: s.get("jobName") == "typo-r2", "run 2")
+    assert not status.get("pendingGeneration")
+    assert condition_of(status, "WorkersReady")["status"] == "Unknown"
+    await cluster.wait_for("run 1 removed", lambda: [j["metadata"]["name"] for j in cluster.jobs()] == ["typo-r2"])
+    (job2,) = cluster.jobs()
+    assert job2["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/imagesync:1"
+    assert any(e.get("reason") == "RunSuperseded" for e in cluster.events())
