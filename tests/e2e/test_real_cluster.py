@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAY_KUBELET = os.environ.get("IMAGESYNC_E2E_PLAY_KUBELET") == "1"
 GROUP, VERSION = "imagesync.dev", "v1alpha1"
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
+UNPULLABLE = "does-not-exist"  # the played kubelet fails to pull an image whose name holds this
 
 
 # -- cluster access ------------------------------------------------------------------------------
@@ -315,6 +316,9 @@ class Cluster:
                     or pod.metadata.deletion_timestamp:
                 continue
             self.played.add(pod.metadata.name)
+            if UNPULLABLE in pod.spec.containers[0].image:
+                self.fail_image_pull(pod)  # as a kubelet does for an image no registry has
+                continue
             code = await self.run_pod(pod)
             self.finish_pod(pod, code)
 
@@ -350,6 +354,15 @@ class Cluster:
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "imagesync.cli.main", "worker",
                                                        env=env)
         return await process.wait()
+
+    def fail_image_pull(self, pod: Any) -> None:
+        container = pod.spec.containers[0]
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": {
+            "phase": "Pending",
+            "containerStatuses": [{"name": container.name, "image": container.image, "imageID": "", "ready": False,
+                                   "restartCount": 0, "state": {"waiting": {
+                                       "reason": "ImagePullBackOff",
+                                       "message": f'Back-off pulling image "{container.image}"'}}}]}})
 
     def finish_pod(self, pod: Any, code: int) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -729,3 +742,26 @@ async def test_schedule_fires_again_but_never_overlaps_a_run(cluster: Cluster, r
     assert final["phase"] == "Succeeded", final
     assert sorted(j.metadata.name for j in cluster.jobs("cron")) == ["cron-r1", "cron-r2"]
     assert final["lastScheduleTime"] and final["nextScheduleTime"] > final["lastScheduleTime"]
+
+
+@pytest.mark.usefixtures("operator")
+async def test_unpullable_worker_image_is_shown_and_fixing_it_replaces_the_run(cluster: Cluster,
+                                                                               registries: Registries) -> None:
+    if not PLAY_KUBELET:
+        pytest.skip("needs the played kubelet to fail an image pull")
+    image = seed.push_image(registries.source, "typo/app", "1", seed="typo")
+    cluster.credentials_for(registries)
+    images = {f"{registries.source_host}/typo/app:1": f"{registries.target_host}/typo/app"}
+    cluster.create("imagesyncjobs", "typo", {"images": images, "worker": {"image": f"example.com/{UNPULLABLE}:1"}})
+    status = await cluster.status_when("typo", lambda s: any(
+        c["type"] == "WorkersReady" and c["status"] == "False" for c in s.get("conditions") or []), "stuck workers")
+    workers = condition(status, "WorkersReady")
+    assert workers["reason"] == "ImagePullBackOff" and UNPULLABLE in workers["message"]
+    assert status["phase"] == "Pending" and status["run"] == 1
+    cluster.patch_spec("typo", {"worker": {"image": "example.com/imagesync:1"}})
+    final = await cluster.status_when("typo", lambda s: s.get("run") == 2 and s.get("completionTime"), "run 2")
+    assert final["phase"] == "Succeeded", final
+    assert condition(final, "WorkersReady")["status"] == "True"
+    assert seed.get_manifest(registries.target, "typo/app", "1")[2] == image.digest
+    await cluster.wait("run 1 removed", lambda: [j.metadata.name for j in cluster.jobs("typo")] == ["typo-r2"])
+    assert {"ImagePullBackOff", "RunSuperseded"} <= {e.reason for e in cluster.events("typo")}
