@@ -37,8 +37,8 @@ from imagesync.controller.render import (
 )
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
-from imagesync.controller.spec import JobSpec, SpecError, parse_job_spec, repositories
-from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
+from imagesync.controller.spec import DEFAULT_HISTORY_LIMIT, JobSpec, SpecError, parse_job_spec
+from imagesync.controller.status import final_phase, find_condition, fold_progress, make_condition, pod_problem
 
 log = logging.getLogger(__name__)
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -99,7 +99,7 @@ def run_active(status: Mapping[str, Any]) -> bool:
 
 def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> creds.AuthDocument:
     selected, missing = creds.select_credentials(spec.credentials, ctx.kube.list_regcreds(namespace),
-                                                  repositories(spec))
+                                                  spec.repositories)
     if missing:
         raise RunBlocked("CredentialsReady", "CredentialMissing",
                          f"RegistryCredential(s) not found in {namespace}: {', '.join(missing)}")
@@ -142,8 +142,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     created = ctx.kube.create(job)
     problem = dropped_job_fields(job, created) if created is not None else None
     if problem is not None:
-        ctx.kube.delete(job)
-        ctx.kube.delete(secret)
+        delete_run(ctx, isj, run)
         raise RunBlocked("Valid", "IndexedJobsUnsupported", problem, run=run)
     generation = meta.get("generation", 1)
     conditions = make_condition(status.get("conditions"), "Valid", "True", "SpecValid", "spec is valid",
@@ -187,8 +186,8 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     generation = meta.get("generation", 1)
     if run_active(status):
         changed = status.get("runGeneration") != generation
-        stuck = next((c for c in status.get("conditions") or []
-                      if c.get("type") == "WorkersReady" and c.get("status") == "False"), None)
+        workers = find_condition(status.get("conditions"), "WorkersReady")
+        stuck = workers if workers is not None and workers.get("status") == "False" else None
         if changed and stuck is not None:
             # Its workers cannot start (a wrong image, say): queueing the fix behind it would wait forever.
             supersede_run(ctx, isj)
@@ -269,7 +268,7 @@ def run_pods(ctx: Context, isj: Mapping[str, Any]) -> RunPods:
 def workers_condition(isj: Mapping[str, Any], pods: RunPods) -> list[dict[str, Any]] | None:
     """The WorkersReady condition when it changes (posting a Warning when workers get stuck), else None."""
     status = isj.get("status") or {}
-    previous = next((c for c in status.get("conditions") or [] if c.get("type") == "WorkersReady"), None)
+    previous = find_condition(status.get("conditions"), "WorkersReady")
     if pods.problems:
         reason = pods.problems[0][0]
         message = "; ".join(m for _, m in pods.problems[:3]) + \
@@ -341,7 +340,7 @@ def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, An
             continue  # not used by this run, or its registry changed since
         cred_status = regcred.get("status") or {}
         previous = cred_status.get("conditions")
-        ready: Mapping[str, Any] = next((c for c in previous or [] if c.get("type") == "Ready"), {})
+        ready = find_condition(previous, "Ready") or {}
         generation = regcred["metadata"].get("generation", 1)
         if registry in rejected:
             message = f"{registry} refused these credentials during run {status.get('run')} of {meta['name']}"
@@ -374,7 +373,7 @@ def prune_runs(ctx: Context, isj: Mapping[str, Any], finished: int) -> None:
     try:
         keep = parse_job_spec(isj.get("spec")).history_limit
     except SpecError:
-        keep = JobSpec(images={}).history_limit
+        keep = DEFAULT_HISTORY_LIMIT
     delete_run(ctx, isj, finished, ("Secret",))
     meta = isj["metadata"]
     runs = {int(job["metadata"]["labels"][LABEL_RUN]) for job in ctx.kube.list_jobs(meta["namespace"],
@@ -476,7 +475,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         except creds.CredentialError as exc:
             state, reason, message = "False", exc.reason, exc.message
         previous = (body.get("status") or {}).get("conditions")
-        was = next((c for c in previous or [] if c.get("type") == "Ready"), None)
+        was = find_condition(previous, "Ready")
         if state == "True" and was and was.get("reason") == "LoginRejected" \
                 and was.get("observedGeneration") == generation:
             # The Secret is well-formed, but the registry refused it: only a run that logs in (or a

@@ -66,18 +66,20 @@ class Kube:
     def list_jobs(self, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
         return self._list(self.batch.list_namespaced_job, namespace, labels)
 
+    def _calls(self, kind: str) -> tuple[Any, Any]:
+        """(create, delete) for the kinds the operator writes: its per-run Secrets and Jobs."""
+        calls = {"Secret": (self.core.create_namespaced_secret, self.core.delete_namespaced_secret),
+                 "Job": (self.batch.create_namespaced_job, self.batch.delete_namespaced_job)}
+        if kind not in calls:
+            raise ValueError(f"cannot write {kind}")
+        return calls[kind]
+
     def create(self, obj: Mapping[str, Any]) -> Obj | None:
         """Create; the object as the API server stored it (defaulted, pruned), or None when it already
         exists (a re-delivered event or a restart: not an error)."""
-        namespace = obj["metadata"]["namespace"]
-        response: Any
+        create, _ = self._calls(obj["kind"])
         try:
-            if obj["kind"] == "Secret":
-                response = self.core.create_namespaced_secret(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
-            elif obj["kind"] == "Job":
-                response = self.batch.create_namespaced_job(namespace, dict(obj), _preload_content=False)  # type: ignore[arg-type]
-            else:
-                raise ValueError(f"cannot create {obj['kind']}")
+            response = create(obj["metadata"]["namespace"], dict(obj), _preload_content=False)
         except kubernetes.client.ApiException as exc:
             if exc.status == 409:
                 return None
@@ -86,15 +88,10 @@ class Kube:
 
     def delete(self, obj: Mapping[str, Any]) -> None:
         """Delete with its dependents (background propagation, as kubectl does); gone already is fine."""
-        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
+        _, delete = self._calls(obj["kind"])
         try:
-            if obj["kind"] == "Secret":
-                self.core.delete_namespaced_secret(name, namespace, body=body, _preload_content=False)
-            elif obj["kind"] == "Job":
-                self.batch.delete_namespaced_job(name, namespace, body=body, _preload_content=False)
-            else:
-                raise ValueError(f"cannot delete {obj['kind']}")
+            delete(obj["metadata"]["name"], obj["metadata"]["namespace"],
+                   body=kubernetes.client.V1DeleteOptions(propagation_policy="Background"), _preload_content=False)
         except kubernetes.client.ApiException as exc:
             if exc.status != 404:
                 raise

@@ -18,6 +18,7 @@ from croniter import croniter
 from imagesync.engine.reference import Repository
 from imagesync.engine.rules import parse_rules
 
+DEFAULT_HISTORY_LIMIT = 3
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 
 
@@ -50,14 +51,9 @@ class JobSpec:
     parallelism: int = 1
     suspend: bool = False
     schedule: str | None = None
-    history_limit: int = 3  # finished runs whose Job (and Pods) are kept
+    history_limit: int = DEFAULT_HISTORY_LIMIT  # finished runs whose Job (and Pods) are kept
+    repositories: tuple[Repository, ...] = ()  # every source and target repository the rules name
     worker: WorkerSpec = field(default_factory=WorkerSpec)
-
-
-def repositories(spec: JobSpec) -> list[Repository]:
-    """Every source and target repository the job's rules name."""
-    rules, _ = parse_rules(dict(spec.images), spec.default_registry, spec.default_namespace)
-    return [repo for rule in rules for repo in (rule.source.repo, rule.target.repo)]
 
 
 def _int(spec: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -97,7 +93,7 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
             raise SpecError("spec.defaultTarget", "needs both registry and namespace")
         default_registry, default_namespace = default["registry"], default["namespace"]
 
-    _, rule_errors = parse_rules(dict(images), default_registry, default_namespace)
+    rules, rule_errors = parse_rules(dict(images), default_registry, default_namespace)
     if rule_errors:
         listed = "; ".join(str(e) for e in rule_errors[:5])
         more = f" (and {len(rule_errors) - 5} more)" if len(rule_errors) > 5 else ""
@@ -124,7 +120,9 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         credentials=credentials, platforms=platforms,
         concurrency=_int(spec, "concurrency", 5, 1, 256), retries=_int(spec, "retries", 2, 0, 20),
         qps=float(qps), force=_bool(spec, "force"), parallelism=_int(spec, "parallelism", 1, 1, 100),
-        suspend=_bool(spec, "suspend"), schedule=schedule, history_limit=_int(spec, "historyLimit", 3, 1, 100),
+        suspend=_bool(spec, "suspend"), schedule=schedule,
+        history_limit=_int(spec, "historyLimit", DEFAULT_HISTORY_LIMIT, 1, 100),
+        repositories=tuple(repo for rule in rules for repo in (rule.source.repo, rule.target.repo)),
         worker=_worker(spec.get("worker")),
     )
 

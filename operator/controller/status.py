@@ -90,6 +90,10 @@ def final_phase(progress: Mapping[str, Any], job_failed: bool, all_reported_done
     return "Failed"
 
 
+def find_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
 def make_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str, status: str, reason: str,
                    message: str, generation: int | None, now: str) -> list[dict[str, Any]]:
     """Set one condition (Kubernetes API conventions): lastTransitionTime moves only when status changes."""

@@ -12,7 +12,7 @@ import pytest
 from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
 from imagesync.controller.render import runs_to_prune
 from imagesync.controller.schedule import is_due, next_fire
-from imagesync.controller.spec import SpecError, parse_job_spec, repositories
+from imagesync.controller.spec import SpecError, parse_job_spec
 from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
 
 PASSWORD = "s3cr3t-D0-NOT-LEAK"
@@ -88,8 +88,8 @@ def test_select_credentials_named_or_all_that_apply() -> None:
     creds = [{"metadata": {"name": name}, "spec": {"registry": registry}} for name, registry in (
         ("b", "registry.example.com"), ("a", "quay.io/team"), ("other-team", "quay.io/other"),
         ("broken-elsewhere", "unrelated.example.com"), ("hub", "docker.io"))]
-    repos = repositories(parse_job_spec({"images": {
-        "registry.example.com/a/app:1": "quay.io/team/app", "nginx:1": "registry.example.com/mirror/nginx"}}))
+    repos = parse_job_spec({"images": {"registry.example.com/a/app:1": "quay.io/team/app",
+                                       "nginx:1": "registry.example.com/mirror/nginx"}}).repositories
     # Named: exactly those, whatever they apply to; unknown names reported.
     assert [c["metadata"]["name"] for c in select_credentials(["broken-elsewhere", "a"], creds, repos)[0]] == \
         ["broken-elsewhere", "a"]

@@ -156,6 +156,13 @@ def service_account_token(api: Any, namespace: str, name: str) -> str:
     raise AssertionError(f"no ServiceAccount {namespace}/{name}")
 
 
+def operator_token(api: Any, namespace: str) -> str:
+    """A token of the operator's ServiceAccount as deploy/ defines it (created in the test namespace)."""
+    account = next(d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] == "ServiceAccount"
+                   and "operator" in d["metadata"]["name"])
+    return service_account_token(api, namespace, account["metadata"]["name"])
+
+
 @contextlib.asynccontextmanager
 async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
     """The operator in this process, authenticated as its ServiceAccount (its RBAC applies), watching
@@ -167,9 +174,7 @@ async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
     from imagesync.controller.kube import Kube
     from imagesync.controller.settings import OperatorSettings
 
-    operator_sa = next(d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] == "ServiceAccount"
-                       and "operator" in d["metadata"]["name"])
-    token = service_account_token(api, namespace, operator_sa["metadata"]["name"])
+    token = operator_token(api, namespace)
     base = api.configuration
     configuration = kubernetes.client.Configuration()
     configuration.host, configuration.ssl_ca_cert, configuration.verify_ssl = \
@@ -683,9 +688,7 @@ async def test_the_shipped_operator_command_runs_a_sync(api: Any, namespace: str
     one watched namespace), stops cleanly on SIGTERM."""
     import signal
 
-    operator_sa = next(d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] == "ServiceAccount"
-                       and "operator" in d["metadata"]["name"])
-    token = service_account_token(api, namespace, operator_sa["metadata"]["name"])
+    token = operator_token(api, namespace)
     cluster_entry: dict[str, Any] = {"server": api.configuration.host}
     if api.configuration.ssl_ca_cert:
         cluster_entry["certificate-authority"] = api.configuration.ssl_ca_cert
