@@ -12,6 +12,7 @@ import pytest
 from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
 from imagesync.controller.render import runs_to_prune
 from imagesync.controller.schedule import is_due, next_fire
+from imagesync.controller.settings import own_image
 from imagesync.controller.spec import SpecError, parse_job_spec
 from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
 
@@ -179,3 +180,12 @@ def test_pod_problem_names_what_keeps_a_worker_from_starting() -> None:
     creating = pod({"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]})
     assert pod_problem(creating) is None
     assert pod_problem(pod({"phase": "Running"})) is None
+
+
+def test_the_worker_image_defaults_to_the_operators_own_container_image() -> None:
+    pod = {"spec": {"containers": [{"name": "sidecar", "image": "proxy:1"},
+                                   {"name": "operator", "image": "r.io/imagesync:2"}]}}
+    assert own_image(pod) == "r.io/imagesync:2"
+    assert own_image({"spec": {"containers": [{"name": "main", "image": "r.io/imagesync:3"}]}}) == "r.io/imagesync:3"
+    assert own_image({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}) is None
+    assert own_image({"spec": {}}) is None and own_image({}) is None

@@ -27,7 +27,10 @@ FORBIDDEN_IN_JUNCTORS = {"type", "description", "default", "additionalProperties
 
 
 def documents(directory: Path) -> Iterator[dict[str, Any]]:
+    """Kubernetes objects of a directory's manifests (its kustomization.yaml is kustomize's, not the API's)."""
     for path in sorted(directory.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 yield doc
@@ -113,6 +116,24 @@ def test_example_secrets_and_deploy_manifests_are_valid_kubernetes() -> None:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         checked += 1
     assert checked >= 9
+
+
+def test_the_deploy_kustomization_installs_crds_and_every_cluster_wide_manifest() -> None:
+    kustomization = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    per_namespace = {"30-worker-rbac.yaml"}  # applied in each namespace that runs jobs, not by the base
+    assert listed == {"../crds"} | {p.name for p in (ROOT / "deploy").glob("*.yaml")} - per_namespace \
+        - {"kustomization.yaml"}
+    crds = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
+    assert set(crds["resources"]) == {p.name for p in (ROOT / "crds").glob("*.yaml")} - {"kustomization.yaml"}
+    (image,) = kustomization["images"]
+    (container,) = next(d for d in documents(ROOT / "deploy") if d["kind"] == "Deployment")["spec"]["template"][
+        "spec"]["containers"]
+    assert container["image"].startswith(image["name"] + ":")
+    # The workers' image follows the operator's (no second place to set it): the Pod learns its own name.
+    env = {e["name"]: e for e in container["env"]}
+    assert "IMAGESYNC_WORKER_IMAGE" not in env
+    assert env["IMAGESYNC_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
 BASE = {"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSyncJob", "metadata": {"name": "j"},

@@ -35,6 +35,9 @@ class Kube:
                 return None
             raise
 
+    def get_pod(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.core.read_namespaced_pod, name, namespace)
+
     def get_secret(self, namespace: str, name: str) -> Obj | None:
         return self._get(self.core.read_namespaced_secret, name, namespace)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -15,14 +16,15 @@ import kubernetes
 
 from imagesync.controller.handlers import Context, configure, register
 from imagesync.controller.kube import Kube
-from imagesync.controller.settings import OperatorSettings, SettingsError
+from imagesync.controller.settings import OperatorSettings, SettingsError, own_image
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imagesync operator", description=__doc__)
     parser.add_argument("--namespace", action="append", metavar="NS",
                         help="watch this namespace (repeatable; env IMAGESYNC_NAMESPACES; default: all)")
-    parser.add_argument("--worker-image", help="default worker image (env IMAGESYNC_WORKER_IMAGE)")
+    parser.add_argument("--worker-image", help="default worker image (env IMAGESYNC_WORKER_IMAGE; in a Pod "
+                        "with IMAGESYNC_POD_NAME/IMAGESYNC_POD_NAMESPACE set: the operator's own image)")
     parser.add_argument("--log-format", choices=["plain", "json"], help="env IMAGESYNC_LOG_FORMAT")
     parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use (default: in-cluster)")
     return parser.parse_args(list(argv))
@@ -36,6 +38,17 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         worker_service_account=base.worker_service_account,
         log_format=args.log_format or base.log_format,
     )
+
+
+def with_own_image(settings: OperatorSettings, args: argparse.Namespace, kube: Kube,
+                   env: Mapping[str, str] = os.environ) -> OperatorSettings:
+    """No worker image given: run the workers from the operator's own image (read from its Pod)."""
+    pod_name, pod_namespace = env.get("IMAGESYNC_POD_NAME"), env.get("IMAGESYNC_POD_NAMESPACE")
+    if args.worker_image or env.get("IMAGESYNC_WORKER_IMAGE", "").strip() or not pod_name or not pod_namespace:
+        return settings
+    pod = kube.get_pod(pod_namespace, pod_name)
+    image = own_image(pod) if pod else None
+    return dataclasses.replace(settings, worker_image=image) if image else settings
 
 
 def in_cluster(kubeconfig: str | None) -> bool:
@@ -85,7 +98,14 @@ def main(argv: Sequence[str]) -> int:
         source = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config or the in-cluster ServiceAccount"
         print(f"imagesync operator: error: cannot load Kubernetes credentials from {source}: {exc}", file=sys.stderr)
         return 2
-    ctx = Context(Kube(kubernetes.client.ApiClient(configuration)), settings)
+    kube = Kube(kubernetes.client.ApiClient(configuration))
+    try:
+        settings = with_own_image(settings, args, kube)
+    except kubernetes.client.ApiException as exc:
+        print(f"imagesync operator: error: cannot read its own Pod to learn the worker image "
+              f"(set IMAGESYNC_WORKER_IMAGE instead): {exc.status} {exc.reason}", file=sys.stderr)
+        return 2
+    ctx = Context(kube, settings)
     register(registry, ctx)
 
     @kopf.on.login(registry=registry)

@@ -14,6 +14,20 @@ class SettingsError(ValueError):
     pass
 
 
+def own_image(pod: Mapping[str, object], container: str = "operator") -> str | None:
+    """The image of the operator's own container in its Pod (the API's JSON form): the default worker
+    image, so one image setting (kustomize's `images:`) covers operator and workers alike."""
+    spec = pod.get("spec")
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    if not isinstance(containers, list) or not containers:
+        return None
+    chosen = next((c for c in containers if isinstance(c, Mapping) and c.get("name") == container), None)
+    if chosen is None and len(containers) == 1 and isinstance(containers[0], Mapping):
+        chosen = containers[0]
+    image = chosen.get("image") if chosen is not None else None
+    return image if isinstance(image, str) and image else None
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster-wide)
