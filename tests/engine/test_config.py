@@ -9,6 +9,7 @@ import pytest
 from imagesync.engine.config import AuthEntry, AuthTable, load_auth, load_images, load_legacy_config
 from imagesync.engine.errors import ConfigError
 from imagesync.engine.reference import parse_repository
+from testbed.certs import CertificateAuthority
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "image-syncer"
 
@@ -55,6 +56,7 @@ def test_json_with_comments_and_urls_in_strings(tmp_path: Path) -> None:
 
 
 def test_relative_ca_file_resolves_next_to_the_auth_file(tmp_path: Path) -> None:
+    CertificateAuthority(tmp_path).ca_file.rename(tmp_path / "ca-0.pem")  # the file must load: it is checked
     (tmp_path / "auth.yaml").write_text("r.io:\n  caFile: ca-0.pem\n")
     entry = load_auth(tmp_path / "auth.yaml").lookup(parse_repository("r.io/a/b"))
     assert entry is not None and entry.ca_file == str(tmp_path / "ca-0.pem")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -21,10 +22,11 @@ from typing import TextIO
 
 from imagesync import __version__
 from imagesync.cli.progress import is_interactive, show_progress, summary
-from imagesync.engine.config import AuthTable, load_auth, load_images, load_legacy_config
+from imagesync.engine.config import AuthTable, check_ca_file, load_auth, load_images, load_legacy_config
 from imagesync.engine.copy import SyncOptions, sync
-from imagesync.engine.errors import ImageSyncError
+from imagesync.engine.errors import ConfigError, ImageSyncError
 from imagesync.engine.manifest import PlatformFilter
+from imagesync.engine.reference import ReferenceError, check_registry_host, parse_repository
 from imagesync.engine.rules import parse_rules
 from imagesync.engine.stats import SyncStats
 
@@ -49,6 +51,8 @@ def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
             value = kind(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if not math.isfinite(value):  # float() takes "nan" and "inf": no rate or count means either
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < 0:
             raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
         return value
@@ -98,8 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(log_file: str | None, verbose: bool, stream: TextIO = sys.stderr) -> None:
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(stream)
+def setup_logging(log_file: str | None, verbose: bool, stream: TextIO | None = None) -> None:
+    try:
+        # sys.stderr looked up now, not when this module was imported (tests and embedders replace it).
+        handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                    else logging.StreamHandler(stream or sys.stderr))
+    except OSError as exc:  # checked beforehand; the file system may still refuse
+        raise ConfigError(f"--log {log_file}: cannot write: {exc.strerror or exc}") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -112,15 +121,52 @@ def setup_logging(log_file: str | None, verbose: bool, stream: TextIO = sys.stde
 def load_configuration(args: argparse.Namespace) -> tuple[AuthTable, dict[str, object]]:
     if args.config:
         if args.auth or args.images:
-            raise ImageSyncError("--config cannot be combined with --auth/--images")
+            raise ConfigError("--config cannot be combined with --auth/--images")
         auth, images = load_legacy_config(args.config)
+        if not images:
+            raise ConfigError(f"{args.config}: no rules: the 'images' section is missing or empty")
         return auth, dict(images)
     images_path = args.images or ("images.json" if Path("images.json").exists() else None)
     if images_path is None:
-        raise ImageSyncError("no rules given: pass --images FILE (or the legacy --config FILE)")
+        raise ConfigError("no rules given: pass --images FILE (or the legacy --config FILE)")
     auth_path = args.auth or ("auth.json" if Path("auth.json").exists() else None)
     auth = load_auth(auth_path) if auth_path else AuthTable({})
-    return auth, dict(load_images(images_path))
+    images = load_images(images_path)
+    if not images:
+        # An empty file is a mistake as surely as a missing --images: "0 total" and exit 0 would hide it.
+        raise ConfigError(f"{images_path}: no rules: the file is empty")
+    return auth, dict(images)
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """Refuse an output path that cannot be written before anything is copied: failing after the copy
+    would report images that were synced as a failed run."""
+    file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory")
+    if not file.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {file.parent} does not exist")
+    if not os.access(file if file.exists() else file.parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: not writable")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Flag values argparse cannot check on its own; each error names the flag."""
+    for flag, path in (("--log", args.log), ("--result-file", args.result_file)):
+        if path:
+            check_output_file(flag, path)
+    if args.ca_file:
+        check_ca_file(args.ca_file, "--ca-file")
+    try:
+        if args.registry:
+            check_registry_host(args.registry)
+    except ReferenceError as exc:
+        raise ConfigError(f"--registry (or DEFAULT_REGISTRY) {args.registry!r}: {exc}") from None
+    try:
+        if args.namespace:
+            parse_repository(f"localhost/{args.namespace}")  # the namespace's path components, on any host
+    except ReferenceError as exc:
+        raise ConfigError(f"--namespace (or DEFAULT_NAMESPACE) {args.namespace!r}: {exc}") from None
 
 
 def options_from(args: argparse.Namespace) -> SyncOptions:
@@ -132,11 +178,16 @@ def options_from(args: argparse.Namespace) -> SyncOptions:
 async def run_sync(args: argparse.Namespace) -> int:
     auth, images = load_configuration(args)
     rules, rule_errors = parse_rules(images, args.registry, args.namespace)
+    if not rules:
+        # Not one rule can run: bad input (exit 2), like a file that does not parse.
+        for error in rule_errors:
+            report_error(error, args.log)
+        return EXIT_BAD_INPUT
+    options = options_from(args)
+    if args.dry_run:  # lists the malformed rules among what it cannot plan
+        return await _dry_run(rules, rule_errors, auth, options)
     for error in rule_errors:
         log.error("%s", error)
-    options = options_from(args)
-    if args.dry_run:
-        return await _dry_run(rules, rule_errors, auth, options)
     stats = SyncStats()
     interactive = is_interactive(sys.stderr) and not args.log
     reporter = asyncio.create_task(show_progress(stats, sys.stderr, interactive))
@@ -150,7 +201,10 @@ async def run_sync(args: argparse.Namespace) -> int:
     # Peak memory of this process, for the record (Linux reports ru_maxrss in KiB).
     result["peakRssBytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if args.result_file:
-        Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:  # checked before the copy; a full disk can still refuse it
+            raise ConfigError(f"--result-file {args.result_file}: cannot write: {exc.strerror or exc}") from None
     if args.output == "json":
         print(json.dumps(result, indent=2))
     else:
@@ -174,6 +228,13 @@ async def _dry_run(rules: Sequence[object], rule_errors: Sequence[object], auth:
     return EXIT_IMAGES_FAILED if failures else EXIT_OK
 
 
+def report_error(error: ImageSyncError, log_file: str | None) -> None:
+    """One line on standard error, and in the --log file once it is open (it may be all a scheduler keeps)."""
+    if log_file:
+        log.error("%s", error)
+    print(f"imagesync: error: {error}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # image-syncer is invoked with flags only: `imagesync --auth=a.json --images=i.json` means `sync`.
@@ -191,13 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from imagesync.worker.main import main as worker_main
 
         return worker_main()
-    setup_logging(args.log, args.verbose)
+    log_file = None  # until the log file is open, errors go to standard error only
     try:
+        check_arguments(args)
+        setup_logging(args.log, args.verbose)
+        log_file = args.log
         return asyncio.run(run_sync(args))
     except ImageSyncError as exc:
-        if args.log:
-            log.error("%s", exc)
-        print(f"imagesync: error: {exc}", file=sys.stderr)
+        report_error(exc, log_file)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("imagesync: interrupted", file=sys.stderr)

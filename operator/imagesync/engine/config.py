@@ -10,17 +10,31 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 
 from imagesync.engine.errors import ConfigError
-from imagesync.engine.reference import Repository, normalise_registry
+from imagesync.engine.reference import ReferenceError, Repository, check_registry_host, normalise_registry
 
 _ENV_VAR = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z0-9_]+)")
+
+# Bounds for files that may be hostile or simply the wrong file (a log, an image tarball, /dev/zero).
+# A rules file with a hundred thousand rules is a few MiB.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# The deepest real config is four levels (legacy file -> auth -> entry -> field); refusing anything far
+# deeper happens before a parser recurses towards Python's limit (RecursionError).
+MAX_NESTING = 32
+# Anchors and aliases have real uses (one credential for several registries, a shared target list), but
+# each alias stands for a whole copy of its node wherever the document is walked or printed: ten nested
+# aliases ("billion laughs") are 10^9 nodes. This bounds what all aliases of a file may stand for.
+MAX_ALIAS_NODES = 10_000
 
 
 def expand_env(value: str, env: Mapping[str, str] | None = None) -> str:
@@ -47,9 +61,14 @@ class _Prefix:
         return repo.registry == self.registry and parts[:len(self.path)] == self.path
 
 
+def _split_key(key: str) -> tuple[str, str]:
+    """``[scheme://]registry[/namespace...]`` -> (registry, namespace path)."""
+    registry, _, path = re.sub(r"^[a-z]+://", "", key.strip()).strip("/").partition("/")
+    return registry, path
+
+
 def _prefix(key: str) -> _Prefix:
-    text = re.sub(r"^[a-z]+://", "", key.strip()).strip("/")
-    registry, _, path = text.partition("/")
+    registry, path = _split_key(key)
     return _Prefix(normalise_registry(registry), tuple(p for p in path.split("/") if p))
 
 
@@ -114,29 +133,158 @@ def strip_json_comments(text: str) -> str:
     return "".join(out)
 
 
-def _read_document(path: str | Path) -> Any:
-    file = Path(path)
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader with bounded nesting, bounded alias expansion and duplicate keys refused.
+
+    Errors are ``MarkedYAMLError`` subclasses, so they are reported like syntax errors, with a line.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_budget = MAX_ALIAS_NODES
+        self._open_anchors: set[str] = set()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        anchor: str | None = event.anchor  # every event a node starts with has an anchor and a mark
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._open_anchors:
+                raise ComposerError(None, None, f"alias *{anchor} refers to a node that contains it", mark)
+            node = super().compose_node(parent, index)
+            if node is not None:
+                self._charge_alias(node, anchor, mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_NESTING:
+            raise ComposerError(None, None, f"nested more than {MAX_NESTING} levels deep", mark)
+        if anchor:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if anchor:
+                self._open_anchors.discard(anchor)
+            self._depth -= 1
+
+    def _charge_alias(self, node: yaml.Node, anchor: str | None, mark: Any) -> None:
+        """Count the nodes an alias stands for (stopping once over budget) and their depth where it sits."""
+        stack = [(node, self._depth + 1)]
+        while stack:
+            current, depth = stack.pop()
+            self._alias_budget -= 1
+            if self._alias_budget < 0:
+                raise ComposerError(None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", mark)
+            if depth > MAX_NESTING:
+                raise ComposerError(None, None, f"alias *{anchor} nests more than {MAX_NESTING} levels deep", mark)
+            if isinstance(current, yaml.SequenceNode):
+                stack.extend((child, depth + 1) for child in current.value)
+            elif isinstance(current, yaml.MappingNode):
+                stack.extend((part, depth + 1) for pair in current.value for part in pair)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys: a second rule for the same source would silently
+        # replace the first. Merge keys (<<) may legitimately be overridden, so only explicit keys count.
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # an unhashable key: SafeConstructor reports it
+                if duplicate:
+                    raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for JSON: Python's json, like Go's, would keep the last of two equal keys."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(key)
+        document[key] = value
+    return document
+
+
+def _json_nesting(document: Any) -> int:
+    """Depth of a parsed JSON document, without recursion."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _read_text(file: Path) -> str:
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as stream:
+            # Read one byte past the bound, never the whole of a huge file or an endless device.
+            data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read: {exc}") from exc
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not a configuration file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}): not a configuration file") from None
+
+
+def _read_document(path: str | Path) -> Any:
+    file = Path(path)
+    text = _read_text(file)
     suffix = file.suffix.lower()
     if suffix == ".json" or (suffix not in (".yaml", ".yml") and text.lstrip().startswith("{")):
         try:
-            return json.loads(strip_json_comments(text))
+            document = json.loads(strip_json_comments(text), object_pairs_hook=_unique_object)
+        except _DuplicateKey as exc:
+            raise ConfigError(f"{file}: duplicate key {exc.args[0]!r} (list several targets under one key)") \
+                from None
+        except RecursionError:
+            raise ConfigError(f"{file}: nested more than {MAX_NESTING} levels deep") from None
         except json.JSONDecodeError as exc:
             if suffix == ".json":
                 raise ConfigError(f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") \
                     from None
+        except ValueError as exc:  # an integer of more than 4300 digits: the first clause says so
+            raise ConfigError(f"{file}: invalid JSON: {str(exc).split(':')[0]}") from None
+        else:
+            if _json_nesting(document) > MAX_NESTING:
+                raise ConfigError(f"{file}: nested more than {MAX_NESTING} levels deep")
+            return document
+    loader: _ConfigLoader | None = None
     try:
-        return yaml.safe_load(text)
+        loader = _ConfigLoader(text)  # the reader refuses control characters here already
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{file}: invalid YAML{where}: {problem}") from None
+        # ReaderError (a control character) has a reason, not a problem.
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "syntax error"
+        hint = " (list several targets under one key)" if str(problem).startswith("duplicate key") else ""
+        raise ConfigError(f"{file}: invalid YAML{where}: {problem}{hint}") from None
+    except ValueError as exc:  # an integer of more than 4300 digits: the first clause says so
+        raise ConfigError(f"{file}: invalid YAML: {str(exc).split(':')[0]}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _text_field(source: str, key: str, name: str, value: Any, expand: bool = True) -> str | None:
@@ -157,6 +305,10 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expa
     entries: dict[str, AuthEntry] = {}
     for key, value in document.items():
         key = str(key)
+        try:
+            check_registry_host(_split_key(key)[0])
+        except ReferenceError as exc:
+            raise ConfigError(f"{source}: auth entry {key!r}: {exc}") from None
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
@@ -170,10 +322,30 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expa
         ca_file = _text_field(source, key, "caFile", value.get("caFile", value.get("ca_file")))
         if ca_file and base_dir is not None and not os.path.isabs(ca_file):
             ca_file = str(base_dir / ca_file)  # relative to the auth file, as mounted Secrets need
-        entries[key] = AuthEntry(key, _text_field(source, key, "username", value.get("username"), expand),
-                                 _text_field(source, key, "password", value.get("password"), expand),
-                                 insecure, ca_file)
+        if ca_file:
+            check_ca_file(ca_file, f"{source}: auth entry {key!r}: caFile")
+        username = _text_field(source, key, "username", value.get("username"), expand)
+        password = _text_field(source, key, "password", value.get("password"), expand)
+        if (username is None) != (password is None):
+            # Half a credential would log in anonymously and fail every image with a 401 mid-run.
+            given, missing = ("username", "password") if password is None else ("password", "username")
+            raise ConfigError(f"{source}: auth entry {key!r}: {given} without {missing}")
+        entries[key] = AuthEntry(key, username, password, insecure, ca_file)
     return AuthTable(entries)
+
+
+def check_ca_file(ca_file: str, culprit: str) -> None:
+    """A CA file that cannot be loaded would fail every image of its registries mid-run: refuse it now.
+
+    ``culprit`` names where the path was given (a flag, or a file and auth entry) for the message.
+    """
+    try:
+        # A bare context loads no system certificates: only the file itself is read and parsed.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca_file)
+    except FileNotFoundError:
+        raise ConfigError(f"{culprit} {ca_file}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{culprit} {ca_file}: not a readable PEM CA bundle ({exc.strerror or exc})") from None
 
 
 def parse_images(document: Any, source: str) -> dict[str, object]:
@@ -181,7 +353,13 @@ def parse_images(document: Any, source: str) -> dict[str, object]:
         return {}
     if not isinstance(document, Mapping):
         raise ConfigError(f"{source}: the images section must map sources to targets")
-    return {str(k): v for k, v in document.items()}
+    images: dict[str, object] = {}
+    for key, value in document.items():
+        # YAML's 1 and "1" are different keys but the same rule source: one would silently replace the other.
+        if str(key) in images:
+            raise ConfigError(f"{source}: duplicate key {str(key)!r} (list several targets under one key)")
+        images[str(key)] = value
+    return images
 
 
 def load_auth(path: str | Path, *, expand: bool = True) -> AuthTable:

@@ -16,7 +16,7 @@ _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 TAG_PATTERN = re.compile(r"[\w][\w.-]{0,127}")
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-                   r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?")
+                   r"|\[[0-9a-fA-F:]+\])(?::(?P<port>[0-9]{1,5}))?")
 
 
 class ReferenceError(ValueError):
@@ -25,6 +25,18 @@ class ReferenceError(ValueError):
 
 def normalise_registry(host: str) -> str:
     return DOCKER_HUB if host.lower() in DOCKER_HUB_ALIASES else host.lower()
+
+
+def check_registry_host(host: str) -> str:
+    """``host[:port]`` as a registry address; the port is checked here, not when a socket refuses it
+    mid-run (``OverflowError``), so one bad rule is reported and the others still run."""
+    match = _HOST.fullmatch(host)
+    if not match:
+        raise ReferenceError(f"invalid registry host {host!r}")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise ReferenceError(f"invalid port {port} in registry host {host!r} (1-65535)")
+    return host
 
 
 def looks_like_host(component: str) -> bool:
@@ -68,9 +80,7 @@ def parse_repository(name: str) -> Repository:
         raise ReferenceError("empty repository name")
     first, sep, rest = name.partition("/")
     if sep and looks_like_host(first):
-        if not _HOST.fullmatch(first):
-            raise ReferenceError(f"invalid registry host {first!r}")
-        registry, path = normalise_registry(first), rest
+        registry, path = normalise_registry(check_registry_host(first)), rest
     else:
         registry, path = DOCKER_HUB, name
     if not path:

@@ -128,7 +128,7 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
     rules: list[Rule] = []
     errors: list[RuleError] = []
     if not isinstance(images, Mapping):
-        return [], [RuleError(str(images)[:80], "the rules must be a mapping of source -> target")]
+        return [], [RuleError(type(images).__name__, "the rules must be a mapping of source -> target")]
     for key, value in images.items():
         source_text = str(key).strip()
         targets: list[object]
@@ -147,7 +147,7 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
             errors.append(RuleError(f"{source_text} -> {_describe_targets(targets)}", f"source: {exc}"))
             continue
         for target in targets:
-            text = f"{source_text} -> {target if target else '(default target)'}"
+            text = f"{source_text} -> {_shown(target) if target else '(default target)'}"
             if target is not None and not isinstance(target, str):
                 errors.append(RuleError(text, "each target must be a string"))
                 continue
@@ -160,8 +160,17 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
     return rules, errors
 
 
+_SHOWN_CHARS = 120
+
+
+def _shown(value: object) -> str:
+    """A target as a message quotes it: a misplaced list or mapping could print for pages."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
 def _describe_targets(targets: Sequence[object]) -> str:
-    return ", ".join(str(t) if t else "(default target)" for t in targets)
+    return ", ".join(_shown(t) if t else "(default target)" for t in targets)
 
 
 def source_needs_tag_list(rule: Rule) -> bool:
