@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, set-up included: `bash tests/run.sh` on a fresh Debian machine.
 # Extra arguments go to pytest alone (e.g. `bash tests/run.sh -m slow` for the measurements).
-# Without arguments the e2e stage follows: the operator flow against a real control plane built and
-# started on loopback by tests/e2e/local-cluster.sh (IMAGESYNC_SKIP_E2E=1 skips it on a developer
-# machine; CI always runs it).
+# Without arguments the e2e stages follow, on a cluster built and started by tests/e2e/local-cluster.sh:
+# the operator flow with a played kubelet on a control plane alone, then on a real one-node cluster with
+# the image built here and deploy/ installed as a user does (IMAGESYNC_SKIP_E2E=1 skips both on a
+# developer machine; CI always runs them).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/tests/setup-env.sh"
@@ -16,9 +17,21 @@ echo "==> pytest"
 "$VENV/bin/pytest" -n 2 -q "$@"
 
 if [ "$#" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${IMAGESYNC_SKIP_E2E:-}" != "1" ]; }; then
-    echo "==> e2e: real kube-apiserver + controller-manager on loopback"
     bash tests/e2e/local-cluster.sh build
     trap 'bash tests/e2e/local-cluster.sh stop' EXIT
+    e2e() { "$VENV/bin/pytest" -q -p no:cacheprovider -m e2e tests/e2e "$@"; }
+
+    echo "==> e2e, played kubelet: control plane only (API server, controllers) on loopback"
+    kubeconfig="$(LOCAL_CLUSTER_NODE=0 bash tests/e2e/local-cluster.sh start)"
+    KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_PLAY_KUBELET=1 e2e
+
+    echo "==> e2e, real node: the image, deploy/ installed with kubectl apply -k, workers on a kubelet"
+    image="$(bash tests/image/build.sh)"
     kubeconfig="$(bash tests/e2e/local-cluster.sh start)"
-    KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_PLAY_KUBELET=1 "$VENV/bin/pytest" -q -m e2e tests/e2e
+    # shellcheck disable=SC1091
+    source "$(dirname "$kubeconfig")/cluster.env"  # IMAGE_REGISTRY, NODE_ADDRESS
+    ( source tests/image/podman-env.sh
+      podman push -q --tls-verify=false "$image" "$IMAGE_REGISTRY/imagesync:e2e" )
+    KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_OPERATOR_IMAGE="$IMAGE_REGISTRY/imagesync:e2e" \
+        IMAGESYNC_E2E_NODE_ADDRESS="$NODE_ADDRESS" e2e
 fi

@@ -188,6 +188,12 @@ def test_rendered_job_and_secret_are_valid_and_carry_no_credentials(spec_doc: di
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner["uid"] == ISJ["metadata"]["uid"] and owner["controller"] is True
     assert (job["spec"].get("completionMode") == "Indexed") == (spec.parallelism > 1)
+    # The worker's uid reads its Secret files, which a kubelet writes as root: only through fsGroup and a
+    # group-readable mode (a real node's first run failed on exactly this; a played kubelet cannot show it).
+    pod = job["spec"]["template"]["spec"]
+    (volume,) = pod["volumes"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"] == 65532
+    assert volume["secret"]["defaultMode"] & 0o040 and not volume["secret"]["defaultMode"] & 0o007
 
 
 def undeclared(value: Any, schema: dict[str, Any], path: str = "status") -> list[str]:

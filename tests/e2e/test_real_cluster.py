@@ -1,16 +1,20 @@
 """The operator flow against a real Kubernetes API server (skipped unless KUBECONFIG names one).
 
-Written to real Kubernetes semantics: CRDs applied from crds/, RBAC from deploy/, the operator running
-in this process with its ServiceAccount's token (a TokenRequest), so its RBAC applies; the API server
-validates, prunes and garbage-collects; the Job controller runs the Jobs.
+Written to real Kubernetes semantics: CRDs applied from crds/, RBAC from deploy/; the API server
+validates, prunes and garbage-collects; the Job controller runs the Jobs. Two modes:
 
-Where the cluster has nodes that can pull the worker image and reach the registries, worker Pods run
-for real: IMAGESYNC_E2E_WORKER_IMAGE names the image, IMAGESYNC_E2E_SOURCE / IMAGESYNC_E2E_TARGET the
-registries as URLs reachable from the nodes and from here (plain HTTP, no auth). Where it has none (an
-API server with controllers but no kubelet, e.g. tests/e2e/local-cluster.sh), IMAGESYNC_E2E_PLAY_KUBELET=1
-makes this suite play the kubelet: it runs each of the Job's Pods locally, with that Pod's Secret
-files, environment and ServiceAccount token, against local registries, and writes the Pod's status
-back through the API, so the Job controller and the operator see a real Job complete.
+- Real nodes (tests/e2e/local-cluster.sh's one-node cluster, or any cluster whose nodes can pull the
+  image and reach the registries): IMAGESYNC_E2E_OPERATOR_IMAGE names the image, and the suite installs
+  deploy/ as a user does (`kubectl apply -k` of an overlay that sets the image), so the operator runs
+  as a Pod and the workers as Pods of the real Job. IMAGESYNC_E2E_NODE_ADDRESS is an address of this
+  machine that the pods reach: the test registries listen there (local-cluster.sh: its bridge gateway).
+  Without it, IMAGESYNC_E2E_SOURCE / IMAGESYNC_E2E_TARGET name two plain-HTTP registries reachable
+  from the nodes and from here.
+- A played kubelet (IMAGESYNC_E2E_PLAY_KUBELET=1, for an API server with no nodes, e.g.
+  `LOCAL_CLUSTER_NODE=0 local-cluster.sh start`): the operator runs in this process with its
+  ServiceAccount's token (a TokenRequest), so its RBAC applies, and the suite runs each of the Job's
+  Pods locally, with that Pod's Secret files, environment and ServiceAccount token, against local
+  registries, writing the Pod's status back through the API.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import datetime as dt
 import json
 import os
 import secrets
+import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +45,11 @@ pytestmark = [pytest.mark.e2e,
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAY_KUBELET = os.environ.get("IMAGESYNC_E2E_PLAY_KUBELET") == "1"
+OPERATOR_IMAGE = os.environ.get("IMAGESYNC_E2E_OPERATOR_IMAGE", "")
+INSTALLED = bool(OPERATOR_IMAGE) and not PLAY_KUBELET  # the operator runs as the Deployment in deploy/
+NODE_ADDRESS = os.environ.get("IMAGESYNC_E2E_NODE_ADDRESS", "")
+WORKER_IMAGE = os.environ.get("IMAGESYNC_E2E_WORKER_IMAGE") or OPERATOR_IMAGE or "imagesync:e2e"
+OPERATOR_NAMESPACE, OPERATOR_LABEL = "imagesync-system", "app.kubernetes.io/name=imagesync-operator"
 GROUP, VERSION = "imagesync.dev", "v1alpha1"
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
 UNPULLABLE = "does-not-exist"  # the played kubelet fails to pull an image whose name holds this
@@ -89,8 +100,6 @@ def load_yaml_dir(directory: Path) -> list[dict[str, Any]]:
 
 
 def wait_crds_established(api: Any, timeout: float = 60) -> None:
-    import time
-
     import kubernetes
 
     ext = kubernetes.client.ApiextensionsV1Api(api)
@@ -141,8 +150,6 @@ def namespace(api: Any) -> Iterator[str]:
 
 def service_account_token(api: Any, namespace: str, name: str) -> str:
     """A TokenRequest for the ServiceAccount; waits for the account (the apply may be fresh)."""
-    import time
-
     import kubernetes
 
     core = kubernetes.client.CoreV1Api(api)
@@ -212,8 +219,61 @@ async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
         sa_client.close()
 
 
+def kubectl(*args: str, timeout: float = 240) -> str:
+    """The user's own tool, against the test cluster."""
+    done = subprocess.run(["kubectl", "--kubeconfig", os.environ["KUBECONFIG"], *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr.strip()}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed_operator(api: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """deploy/ installed as the README tells a user (`kubectl apply -k`, the image set in an overlay),
+    with the operator running as its Deployment's Pod. Only with IMAGESYNC_E2E_OPERATOR_IMAGE."""
+    import kubernetes
+
+    if not INSTALLED:
+        yield
+        return
+    overlay = tmp_path_factory.mktemp("overlay")
+    name, _, tag = OPERATOR_IMAGE.rpartition(":")
+    assert name and "/" not in tag, f"IMAGESYNC_E2E_OPERATOR_IMAGE={OPERATOR_IMAGE!r}: give it a tag"
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize takes relative bases only
+        "images": [{"name": "ghcr.io/imagesync-dev/imagesync", "newName": name, "newTag": tag}]}))
+    core = kubernetes.client.CoreV1Api(api)
+    for _ in range(240):  # a previous run's uninstall may still be emptying the namespace
+        if not [n for n in core.list_namespace().items if n.metadata.name == OPERATOR_NAMESPACE
+                and n.status.phase == "Terminating"]:
+            break
+        time.sleep(0.5)
+    kubectl("apply", "-k", str(overlay))
+    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=180s")
+    yield
+    # ImageSyncJobs carry the operator's finalizer: remove them while the operator still runs.
+    custom = kubernetes.client.CustomObjectsApi(api)
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, "imagesyncjobs")
+    kubectl("-n", namespace, "wait", "--for=delete", "imagesyncjobs", "--all", "--timeout=120s")
+    # Uninstall what the install added but the CRDs, which the suite shares (as the namespace fixture does).
+    kubectl("delete", "--wait=false", "namespace/" + OPERATOR_NAMESPACE, "clusterrole/imagesync-operator",
+            "clusterrolebinding/imagesync-operator")
+
+
+def operator_pods(api: Any) -> list[Any]:
+    import kubernetes
+
+    return list(kubernetes.client.CoreV1Api(api).list_namespaced_pod(OPERATOR_NAMESPACE,
+                                                                      label_selector=OPERATOR_LABEL).items)
+
+
 @pytest.fixture
-async def operator(api: Any, namespace: str) -> AsyncIterator[None]:
+async def operator(api: Any, namespace: str, installed_operator: None) -> AsyncIterator[None]:
+    """The operator for one test: the installed Deployment, or one in this process (played kubelet)."""
+    if INSTALLED:
+        yield
+        return
     async with running_operator(api, namespace):
         yield
 
@@ -229,15 +289,24 @@ class Registries:
     target_host: str
 
 
+def registry_options() -> dict[str, str] | None:
+    """Where this suite's own registries listen, or None when workers could not reach them."""
+    if PLAY_KUBELET:
+        return {}
+    return {"address": NODE_ADDRESS} if NODE_ADDRESS else None
+
+
 @pytest.fixture
 def registries(make_registry: Callable[..., Any]) -> Iterator[Registries]:
-    if PLAY_KUBELET:
-        source, target = make_registry(), make_registry()
+    options = registry_options()
+    if options is not None:
+        source, target = make_registry(**options), make_registry(**options)
         yield Registries(source, target, source.host, target.host)
         return
     urls = os.environ.get("IMAGESYNC_E2E_SOURCE"), os.environ.get("IMAGESYNC_E2E_TARGET")
     if not all(urls):
-        pytest.skip("needs IMAGESYNC_E2E_PLAY_KUBELET=1, or IMAGESYNC_E2E_SOURCE/TARGET with nodes")
+        pytest.skip("needs IMAGESYNC_E2E_PLAY_KUBELET=1, or with nodes IMAGESYNC_E2E_NODE_ADDRESS or "
+                    "IMAGESYNC_E2E_SOURCE/TARGET")
     with seed.RegistryAPI(str(urls[0])) as source, seed.RegistryAPI(str(urls[1])) as target:
         yield Registries(source, target, str(urls[0]).split("://")[-1], str(urls[1]).split("://")[-1])
 
@@ -439,6 +508,10 @@ async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cl
         f"{registries.source_host}/e2e/tool:2": f"{registries.target_host}/mirror/tool"}})
     pending = await cluster.status_when("e2e", lambda s: s.get("jobName"), "a Job")
     assert pending["phase"] in ("Pending", "Running")
+    if INSTALLED:  # `kubectl get isj` is the status page, also while the run is live
+        header, row = kubectl("-n", cluster.namespace, "get", "isj", "e2e").splitlines()
+        assert header.split() == ["NAME", "PHASE", "SYNCED", "FAILED", "PROGRESS", "AGE"]
+        assert row.split()[0] == "e2e" and row.split()[1] in ("Pending", "Running", "Succeeded"), row
     status = await cluster.finished("e2e")
     assert status["phase"] == "Succeeded", status
     progress = status["progress"]
@@ -536,9 +609,24 @@ async def test_sharded_run_follows_what_the_cluster_supports(cluster: Cluster, r
 
 
 async def test_operator_restart_mid_run_creates_no_second_job(api: Any, namespace: str, cluster: Cluster,
-                                                              registries: Registries) -> None:
+                                                              registries: Registries,
+                                                              request: pytest.FixtureRequest) -> None:
     seed.push_image(registries.source, "restart/app", "1", seed="restart")
     cluster.credentials_for(registries)
+    if INSTALLED:  # as a node drain or a crash would: the Deployment replaces the deleted operator Pod
+        request.getfixturevalue("installed_operator")
+        cluster.create("imagesyncjobs", "restart", {"images": {
+            f"{registries.source_host}/restart/app:1": f"{registries.target_host}/restart/app"}})
+        await cluster.wait("a Job", lambda: cluster.jobs("restart"), timeout=60)
+        (old,) = [p.metadata.name for p in operator_pods(api)]
+        cluster.core.delete_namespaced_pod(old, OPERATOR_NAMESPACE, grace_period_seconds=0)
+        await cluster.wait("a new operator Pod ready", lambda: [
+            p for p in operator_pods(api) if p.metadata.name != old and any(
+                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])], timeout=180)
+        status = await cluster.finished("restart")
+        assert status["phase"] == "Succeeded", status
+        assert [j.metadata.name for j in cluster.jobs("restart")] == ["restart-r1"]
+        return
     async with running_operator(api, namespace):
         cluster.create("imagesyncjobs", "restart", {"images": {
             f"{registries.source_host}/restart/app:1": f"{registries.target_host}/restart/app"}})
@@ -629,9 +717,10 @@ async def test_private_registries_through_secrets_and_no_credential_leaks(
         cluster: Cluster, make_registry: Callable[..., Any]) -> None:
     from kube.objects import basic_auth_secret, dockerconfig_secret
 
-    if not PLAY_KUBELET:
-        pytest.skip("seeds private local registries: needs IMAGESYNC_E2E_PLAY_KUBELET=1")
-    source, target = make_registry("basic"), make_registry("basic")
+    options = registry_options()
+    if options is None:
+        pytest.skip("seeds private local registries: needs IMAGESYNC_E2E_PLAY_KUBELET=1 or IMAGESYNC_E2E_NODE_ADDRESS")
+    source, target = make_registry("basic", **options), make_registry("basic", **options)
     image = seed.push_image(source, "private/app", "1", seed="private")
     # The API server validates both Secret types (keys present, .dockerconfigjson is JSON).
     cluster.core.create_namespaced_secret(cluster.namespace,
@@ -676,6 +765,15 @@ async def test_private_registries_through_secrets_and_no_credential_leaks(
     visible += [cluster.get("imagesyncjobs", n) for n in ("private", "locked")]
     visible += [cluster.get("registrycredentials", n) for n in ("private-source", "private-target", "locked-source")]
     text = json.dumps(visible)
+    if not PLAY_KUBELET:  # what `kubectl logs` shows: the workers' logs, and the operator's
+        pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector="imagesync.dev/job").items
+        logs = [cluster.core.read_namespaced_pod_log(p.metadata.name, cluster.namespace) for p in pods]
+        if INSTALLED:
+            logs += [cluster.core.read_namespaced_pod_log(p.metadata.name, OPERATOR_NAMESPACE)
+                     for p in operator_pods(api)]
+        assert len(logs) >= 2 and all(logs), "every pod wrote logs"
+        assert any("private/app" in log for log in logs)  # the logs are the real ones
+        text += "\n".join(logs)
     for secret in (source.password, target.password, "not-the-password", f"{target.username}:{target.password}"):
         assert secret and secret not in text
         assert base64.b64encode(secret.encode()).decode() not in text
@@ -687,6 +785,8 @@ async def test_the_shipped_operator_command_runs_a_sync(api: Any, namespace: str
     one watched namespace), stops cleanly on SIGTERM."""
     import signal
 
+    if INSTALLED:
+        pytest.skip("the installed Deployment runs `imagesync operator` in the cluster; a second one would race it")
     token = operator_token(api, namespace)
     cluster_entry: dict[str, Any] = {"server": api.configuration.host}
     if api.configuration.ssl_ca_cert:
@@ -749,21 +849,63 @@ async def test_schedule_fires_again_but_never_overlaps_a_run(cluster: Cluster, r
 @pytest.mark.usefixtures("operator")
 async def test_unpullable_worker_image_is_shown_and_fixing_it_replaces_the_run(cluster: Cluster,
                                                                                registries: Registries) -> None:
-    if not PLAY_KUBELET:
-        pytest.skip("needs the played kubelet to fail an image pull")
     image = seed.push_image(registries.source, "typo/app", "1", seed="typo")
     cluster.credentials_for(registries)
     images = {f"{registries.source_host}/typo/app:1": f"{registries.target_host}/typo/app"}
-    cluster.create("imagesyncjobs", "typo", {"images": images, "worker": {"image": f"example.com/{UNPULLABLE}:1"}})
+    # On a real node: a repository the worker image's registry does not have (a quick 404, no DNS wait).
+    registry = "example.com" if PLAY_KUBELET else WORKER_IMAGE.rpartition("/")[0]
+    cluster.create("imagesyncjobs", "typo", {"images": images, "worker": {"image": f"{registry}/{UNPULLABLE}:1"}})
     status = await cluster.status_when("typo", lambda s: any(
         c["type"] == "WorkersReady" and c["status"] == "False" for c in s.get("conditions") or []), "stuck workers")
     workers = condition(status, "WorkersReady")
-    assert workers["reason"] == "ImagePullBackOff" and UNPULLABLE in workers["message"]
+    # A real kubelet says ErrImagePull at the first failure, ImagePullBackOff while it waits to retry.
+    assert workers["reason"] in ("ErrImagePull", "ImagePullBackOff") and UNPULLABLE in workers["message"], workers
     assert status["phase"] == "Pending" and status["run"] == 1
-    cluster.patch_spec("typo", {"worker": {"image": "example.com/imagesync:1"}})
+    cluster.patch_spec("typo", {"worker": {"image": "example.com/imagesync:1" if PLAY_KUBELET else WORKER_IMAGE}})
     final = await cluster.status_when("typo", lambda s: s.get("run") == 2 and s.get("completionTime"), "run 2")
     assert final["phase"] == "Succeeded", final
     assert condition(final, "WorkersReady")["status"] == "True"
     assert seed.get_manifest(registries.target, "typo/app", "1")[2] == image.digest
     await cluster.wait("run 1 removed", lambda: [j.metadata.name for j in cluster.jobs("typo")] == ["typo-r2"])
-    assert {"ImagePullBackOff", "RunSuperseded"} <= {e.reason for e in cluster.events("typo")}
+    reasons = {e.reason for e in cluster.events("typo")}
+    assert "RunSuperseded" in reasons and reasons & {"ErrImagePull", "ImagePullBackOff"}, reasons
+
+
+@pytest.mark.usefixtures("operator")
+async def test_pods_run_confined_under_the_container_runtime(api: Any, cluster: Cluster,
+                                                             registries: Registries) -> None:
+    """deploy/'s and the rendered Job's security settings, as runc applies them: non-root uid and gid,
+    no capabilities, seccomp, no privilege escalation, a read-only root."""
+    if not INSTALLED:
+        pytest.skip("needs real nodes running the installed operator")
+    probe = ("import errno, os\n"
+             "status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())\n"
+             "print('ids', os.getuid(), os.getgid(), os.getgroups())\n"
+             "for key in ('CapEff', 'CapPrm', 'NoNewPrivs', 'Seccomp'):\n"
+             "    print(key, status[key].strip())\n"
+             "try:\n"
+             "    open('/probe', 'w')\n"
+             "except OSError as exc:\n"
+             "    print('write', errno.errorcode[exc.errno])\n")
+    (pod,) = [p.metadata.name for p in operator_pods(api)]
+    seen = dict(line.split(" ", 1) for line in kubectl(
+        "-n", OPERATOR_NAMESPACE, "exec", pod, "--", "python3", "-c", probe).splitlines())
+    assert seen == {"ids": "65532 65532 [65532]", "CapEff": "0000000000000000", "CapPrm": "0000000000000000",
+                    "NoNewPrivs": "1", "Seccomp": "2", "write": "EROFS"}, seen
+
+    # A worker Pod of a real Job, as the operator rendered it, ran to completion under the same rules.
+    image = seed.push_image(registries.source, "confined/app", "1", seed="confined")
+    cluster.credentials_for(registries)
+    cluster.create("imagesyncjobs", "confined", {"images": {
+        f"{registries.source_host}/confined/app:1": f"{registries.target_host}/confined/app"}})
+    status = await cluster.finished("confined")
+    assert status["phase"] == "Succeeded", status
+    assert seed.get_manifest(registries.target, "confined/app", "1")[2] == image.digest
+    (worker,) = cluster.core.list_namespaced_pod(cluster.namespace, label_selector="imagesync.dev/job=confined").items
+    assert worker.spec.node_name and worker.status.pod_ip and worker.spec.containers[0].image == WORKER_IMAGE
+    context, container = worker.spec.security_context, worker.spec.containers[0].security_context
+    assert (context.run_as_user, context.run_as_group, context.seccomp_profile.type) == (65532, 65532, "RuntimeDefault")
+    assert container.read_only_root_filesystem and container.capabilities.drop == ["ALL"]
+    assert container.allow_privilege_escalation is False
+    (terminated,) = [c.state.terminated for c in worker.status.container_statuses]
+    assert terminated.exit_code == 0, terminated

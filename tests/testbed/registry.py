@@ -129,8 +129,11 @@ class RegistryProcess:
                  schema1: bool = False,
                  log_level: str = "info",
                  extra_config: Mapping[str, Any] | None = None,
-                 binary: str | None = None) -> None:
+                 binary: str | None = None,
+                 address: str = LOOPBACK) -> None:
         self.workdir = workdir
+        # Where it listens: loopback, or (for pods on a test cluster's node) the node's bridge address.
+        self.address = address
         workdir.mkdir(parents=True, exist_ok=True)
         self.auth: AuthMode = auth
         self.tls = tls
@@ -172,7 +175,7 @@ class RegistryProcess:
     def host(self) -> str:
         if self.port is None:
             raise RuntimeError("registry not started")
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -244,7 +247,7 @@ class RegistryProcess:
                 "cache": {"blobdescriptor": "inmemory"},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
-            "http": {"addr": f"{LOOPBACK}:{self.port}", "secret": self._http_secret},
+            "http": {"addr": f"{self.address}:{self.port}", "secret": self._http_secret},
         }
         if self.tls:
             config["http"]["tls"] = {"certificate": str(self._server_cert.cert_file),
@@ -283,7 +286,7 @@ class RegistryProcess:
         keep_port = self.port is not None
         for attempt in range(5):
             if not keep_port or attempt > 0:
-                self.port = free_port()
+                self.port = free_port(self.address)
             self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
             if self._launch():
                 break

@@ -107,7 +107,9 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": spec.worker.service_account or settings.worker_service_account,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+        # fsGroup: the kubelet writes Secret files as root; group 65532 plus mode 0440 lets the worker read
+        # them and no one else (without it a real kubelet's files were unreadable: "Permission denied").
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "config", "secret": {"secretName": name, "defaultMode": 0o440}}],
