@@ -59,7 +59,23 @@ BUILD_ID="1.20.2 reflect2-1.0.2 kube-openapi-nil-only node pause"
 # The control plane, and a node: scheduler, kubelet, kube-proxy.
 COMPONENTS="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy"
 
+# What start needs at run time: the node's runtime and network, the image registry, kubectl's peers.
+RUNTIME_PACKAGES="etcd-server containerd runc containernetworking-plugins iptables conntrack iproute2 skopeo
+docker-registry openssl curl"
+
+packages() {  # apt-get install what is missing (dpkg -s is quick when all is there)
+    local missing=() package sudo=""
+    for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
+                 --no-install-recommends "${missing[@]}" >/dev/null; }
+}
+
 build() {
+    # shellcheck disable=SC2086
+    packages $RUNTIME_PACKAGES
     if [ -x "$K8S_HOME/bin/kube-apiserver" ] && [ "$(cat "$K8S_HOME/bin/build-id" 2>/dev/null)" = "$BUILD_ID" ]; then
         return 0
     fi
