@@ -47,6 +47,8 @@ class Emulator(kmock.KubernetesEmulator):
     def declare_crds(self, directory: Path = ROOT / "crds") -> None:
         """Register the project's CRDs from crds/*.yaml, as an API server learns them."""
         for path in sorted(directory.glob("*.yaml")):
+            if path.name == "kustomization.yaml":  # kustomize's list of them, not a CRD
+                continue
             crd = yaml.safe_load(path.read_text())
             spec = crd["spec"]
             for version in spec["versions"]:
