@@ -84,8 +84,10 @@ def test_worker_writes_no_file_so_a_read_only_root_filesystem_is_fine(registry: 
     write_config_dir(tmp_path / "config", {f"{registry.host}/ro/app:1": f"{registry2.host}/ro/app"},
                      {registry.host: {"insecure": True}, registry2.host: {"insecure": True}}, {})
     trace = tmp_path / "trace"
+    # PYTHONDONTWRITEBYTECODE as the image sets it: a fresh checkout has no .pyc yet (the image's bytecode
+    # is compiled at build time).
     env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "IMAGESYNC_CONFIG_DIR": str(tmp_path / "config"),
-           "IMAGESYNC_SHARDS": "1"}
+           "IMAGESYNC_SHARDS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e",
                              "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat",
                              sys.executable, "-m", "imagesync.cli.main", "worker"],
