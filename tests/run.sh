@@ -34,4 +34,7 @@ if [ "$#" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${IMAGESYNC_SKIP_E2E:-}" != 
       podman push -q --tls-verify=false "$image" "$IMAGE_REGISTRY/imagesync:e2e" )
     KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_OPERATOR_IMAGE="$IMAGE_REGISTRY/imagesync:e2e" \
         IMAGESYNC_E2E_NODE_ADDRESS="$NODE_ADDRESS" e2e
+    echo "==> e2e: the cluster stopped leaves nothing behind"
+    bash tests/e2e/local-cluster.sh stop
+    bash tests/e2e/local-cluster.sh leftovers
 fi

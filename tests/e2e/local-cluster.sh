@@ -18,6 +18,7 @@
 #                                           # (no kubelet: run the suite with IMAGESYNC_E2E_PLAY_KUBELET=1)
 #   bash tests/e2e/local-cluster.sh stop    # removes all it made: processes, mounts, network namespaces,
 #                                           # the bridge, iptables chains, cgroups, pod logs
+#   bash tests/e2e/local-cluster.sh leftovers   # after stop: fails naming anything left behind
 set -euo pipefail
 
 K8S_HOME=${K8S_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/imagesync-k8s}
@@ -394,9 +395,30 @@ stop() {
     fi
 }
 
+leftovers() {  # prints what a stopped cluster left behind; fails when anything is left
+    local found=0 what
+    report() { [ -z "$2" ] || { echo "local-cluster: left behind: $1: $2" >&2; found=1; }; }
+    what=""
+    for name in etcd apiserver controller-manager scheduler kubelet kube-proxy containerd registry; do
+        [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null && what+="$name "
+    done
+    report processes "$what$(pgrep -f "containerd-shim-runc-v2 -namespace k8s.io" | tr '\n' ' ')"
+    report bridge "$(ip -o link show "$BRIDGE" 2>/dev/null | cut -d: -f2)"
+    report "iptables chains" "$(for t in nat filter mangle; do iptables -t "$t" -S 2>/dev/null; done \
+        | awk '/^-N (KUBE-|CNI-)/ {printf "%s ", $2}')"
+    report mounts "$(findmnt -rn -o TARGET | grep -F "$RUN/" | tr '\n' ' ' || true)"
+    report cgroups "$(ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | tr '\n' ' ' || true)"
+    if [ -f "$RUN/netns.before" ]; then
+        report "network namespaces" "$(comm -13 "$RUN/netns.before" <(ip netns list 2>/dev/null \
+            | awk '{print $1}' | sort) | tr '\n' ' ')"
+    fi
+    return "$found"
+}
+
 case ${1:-} in
     build) build ;;
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 build|start|stop" >&2; exit 2 ;;
+    leftovers) leftovers ;;
+    *) echo "usage: $0 build|start|stop|leftovers" >&2; exit 2 ;;
 esac
