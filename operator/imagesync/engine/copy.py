@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from imagesync.engine.config import AuthTable
-from imagesync.engine.errors import ImageSyncError, RegistryError, RuleError
+from imagesync.engine.errors import ImageSyncError, RegistryError, RuleError, clip
 from imagesync.engine.manifest import (
     INDEX_TYPES,
     Descriptor,
@@ -43,6 +43,10 @@ from imagesync.engine.transport import Endpoint, RateLimiter, RegistryHTTP, Retr
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 256 * 1024
+# Invalid tags a source lists are reported one by one up to this many, then counted in one more line.
+INVALID_TAGS_REPORTED = 10
+# A failure reason stays one readable line (registry text in it is clipped shorter where it is quoted).
+REASON_MAX_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -142,10 +146,20 @@ class Syncer:
             if source_needs_tag_list(rule):
                 repo = rule.source.repo
                 try:
-                    tags = await self.registries.client_for(repo).list_tags(repo.path)
+                    tags = listed = await self.registries.client_for(repo).list_tags(repo.path)
                 except ImageSyncError as exc:
-                    failures.append(ImageOutcome(rule.text, "", "failed", str(exc)))
+                    failures.append(ImageOutcome(rule.text, "", "failed", clip(str(exc), REASON_MAX_CHARS)))
                     return []
+                # Never used as a tag (it could address another repository): reported, the rest still syncs.
+                # Outcomes are keyed by source: each names its tag.
+                for bad in listed.invalid[:INVALID_TAGS_REPORTED]:
+                    reason = f"{repo} lists {bad!r}, which is not a valid tag: skipped (rule {rule.text})"
+                    log.warning("%s", reason)
+                    failures.append(ImageOutcome(f"{repo}:{bad}", "", "failed", reason))
+                if len(listed.invalid) > INVALID_TAGS_REPORTED:
+                    more = len(listed.invalid) - INVALID_TAGS_REPORTED
+                    failures.append(ImageOutcome(f"{repo} (more invalid tags)", "", "failed",
+                                                 f"{repo} lists {more} more invalid tags: skipped (rule {rule.text})"))
             try:
                 return expand_rule(rule, tags)
             except RuleError as exc:
@@ -186,8 +200,9 @@ class Syncer:
             try:
                 outcome = await self.sync_image(pair)
             except ImageSyncError as exc:
-                self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "failed", str(exc)))
-                log.warning("failed %s -> %s: %s", pair.source, pair.target, exc)
+                reason = clip(str(exc), REASON_MAX_CHARS)
+                self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "failed", reason))
+                log.warning("failed %s -> %s: %s", pair.source, pair.target, reason)
                 return isinstance(exc, RegistryError) and exc.retryable
             self.stats.record(outcome)
             log.info("%s %s -> %s", outcome.outcome, pair.source, pair.target)
@@ -251,7 +266,8 @@ class Syncer:
         try:
             check_supported(manifest.media_type)
         except ManifestError as exc:
-            raise ManifestError(f"{name}: {exc}") from exc
+            # The media type in the message is the registry's text.
+            raise ManifestError(f"{name}: {clip(str(exc))}") from exc
         return manifest
 
     async def _copy_references(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
@@ -332,6 +348,7 @@ class Syncer:
             if location is None:
                 location = await dst.start_upload(dst_repo.path)
             counted = 0
+            transfer = self.stats.transfer_started(f"{dst.host}/{dst_repo.path}", blob.digest, blob.size)
 
             async def verified(response: httpx.Response) -> AsyncIterator[bytes]:
                 nonlocal counted
@@ -339,6 +356,7 @@ class Syncer:
                 async for chunk in response.aiter_raw(CHUNK_SIZE):
                     digest.update(chunk)
                     counted += len(chunk)
+                    transfer.copied = counted
                     self.stats.bytes_copied += len(chunk)
                     if counted > blob.size:
                         break
@@ -360,6 +378,8 @@ class Syncer:
             except BaseException:
                 self.stats.bytes_copied -= counted
                 raise
+            finally:
+                self.stats.transfer_ended(transfer)
             self.stats.blobs_copied += 1
 
 

@@ -29,3 +29,17 @@ class RegistryError(ImageSyncError):
         self.status = status
         self.code = code
         self.retryable = retryable
+
+
+# Registry-supplied text (error messages, tags, media types, URLs) is cut to this before it reaches an
+# error, a status or a log: a hostile registry must not fill a Kubernetes status or a log line.
+MESSAGE_MAX_CHARS = 300
+
+
+def clip(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
+    """``text`` as one short line: control characters and line breaks become spaces, runs of whitespace
+    one space, and anything past ``limit`` characters is replaced by an ellipsis."""
+    # Only the head is looked at: a multi-megabyte string costs no more than a short one.
+    head = "".join(c if c.isprintable() else " " for c in text[: limit * 4 + 1])
+    flat = " ".join(head.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

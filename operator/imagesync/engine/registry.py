@@ -1,4 +1,9 @@
-"""Registry API verbs (OCI distribution spec) over one :class:`RegistryHTTP`."""
+"""Registry API verbs (OCI distribution spec) over one :class:`RegistryHTTP`.
+
+Every name that goes into a URL path is checked and percent-encoded here (:func:`_repo_path`,
+:func:`_reference`, :func:`_digest`): tags listed by a registry and digests read from a manifest are
+untrusted, and ``../../other/manifests/x`` or ``a?b`` must not address another repository or add a query.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,18 @@ from urllib.parse import quote
 
 import httpx
 
-from imagesync.engine.errors import RegistryError
+from imagesync.engine.errors import RegistryError, clip
 from imagesync.engine.manifest import ACCEPT, SCHEMA1_TYPES, Manifest, detect_media_type, sha256_digest
+from imagesync.engine.reference import ReferenceError, check_digest, check_tag
 from imagesync.engine.transport import (
+    MANIFEST_MAX_BYTES,
+    SMALL_BODY_MAX_BYTES,
     TRANSIENT_STATUSES,
     RegistryHTTP,
+    buffered,
     pull_scope,
     push_scope,
+    read_limited,
     registry_error_code,
     registry_error_detail,
 )
@@ -24,6 +34,19 @@ from imagesync.engine.transport import (
 MONOLITHIC_MAX = 8 * 1024 * 1024
 # Errors a registry reports for a request that may well succeed when sent again.
 _RETRYABLE_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "TOOMANYREQUESTS"})
+# Tag listing bounds: a hostile or broken registry must not page us forever or fill memory. 100,000 tags
+# is far beyond any real repository; a page may be the whole list (docker-registry ignores n).
+MAX_TAG_PAGES = 1000
+MAX_TAGS = 100_000
+TAG_PAGE_MAX_BYTES = 4 * 1024 * 1024
+
+
+class TagList(list[str]):
+    """The valid tags a registry listed, in order; ``invalid`` holds what it listed that is no tag (clipped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalid: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -53,29 +76,48 @@ class RegistryClient:
 
     # -- tags ----------------------------------------------------------------------------------
 
-    async def list_tags(self, repo: str, page_size: int = 1000) -> list[str]:
-        """Every tag, following the ``Link`` header across pages."""
-        tags: list[str] = []
-        path: str | None = f"/v2/{repo}/tags/list?n={page_size}"
+    async def list_tags(self, repo: str, page_size: int = 1000) -> TagList:
+        """Every tag, following the ``Link`` header across pages (bounded, loops refused).
+
+        A listed name that is not a tag by the distribution spec's grammar is never used as one: it goes to
+        ``invalid`` for the caller to report, and the valid tags are still returned.
+        """
+        what = f"listing tags of {self.host}/{repo}"
+        tags = TagList()
+        path: str | None = f"{_repo_path(repo)}/tags/list?n={page_size}"
+        fetched: set[str] = set()
         while path:
-            response = await self.http.request("GET", path, scopes=[pull_scope(repo)])
+            if len(fetched) >= MAX_TAG_PAGES:
+                raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages; stopped", retryable=False)
+            response = await self.http.request("GET", path, scopes=[pull_scope(repo)], max_body=TAG_PAGE_MAX_BYTES)
+            fetched.add(str(response.url))
             if response.status_code != 200:
-                raise registry_error(response, f"listing tags of {self.host}/{repo}")
+                raise registry_error(response, what)
             try:
                 page = response.json().get("tags") or []
             except (ValueError, AttributeError) as exc:
-                raise RegistryError(f"listing tags of {self.host}/{repo}: unreadable answer",
-                                    retryable=True) from exc
-            tags.extend(str(t) for t in page)
+                raise RegistryError(f"{what}: unreadable answer", retryable=True) from exc
+            if not isinstance(page, list):
+                raise RegistryError(f"{what}: unreadable answer (tags is not a list)", retryable=False)
+            for tag in page:
+                if isinstance(tag, str) and _is_tag(tag):
+                    tags.append(tag)
+                else:
+                    tags.invalid.append(clip(str(tag), 80))
+            if len(tags) + len(tags.invalid) > MAX_TAGS:
+                raise RegistryError(f"{what}: more than {MAX_TAGS} tags; stopped", retryable=False)
             next_link = response.links.get("next", {}).get("url")
             path = str(response.url.join(next_link)) if next_link else None
+            if path in fetched:
+                raise RegistryError(f"{what}: the Link header leads back to a page already read "
+                                    f"({clip(path.split('?', 1)[0])}); stopped", retryable=False)
         return tags
 
     # -- manifests -----------------------------------------------------------------------------
 
     async def head_manifest(self, repo: str, reference: str) -> ManifestHead | None:
         """The manifest's digest without its body (Docker Hub does not count HEADs against pull limits)."""
-        response = await self.http.request("HEAD", f"/v2/{repo}/manifests/{reference}",
+        response = await self.http.request("HEAD", _manifest_path(repo, reference),
                                            scopes=[pull_scope(repo)], headers={"Accept": ACCEPT})
         if response.status_code == 404:
             return None
@@ -84,11 +126,19 @@ class RegistryClient:
         digest = response.headers.get("docker-content-digest", "")
         if not digest:
             return None  # registry does not say: the caller falls back to GET
-        return ManifestHead(digest, response.headers.get("content-type", "").split(";")[0].strip())
+        return ManifestHead(clip(digest, 100), clip(response.headers.get("content-type", "").split(";")[0], 100))
 
     async def get_manifest(self, repo: str, reference: str) -> Manifest:
-        response = await self.http.request("GET", f"/v2/{repo}/manifests/{reference}",
-                                           scopes=[pull_scope(repo)], headers={"Accept": ACCEPT})
+        try:
+            response = await self.http.request("GET", _manifest_path(repo, reference), scopes=[pull_scope(repo)],
+                                               headers={"Accept": ACCEPT}, max_body=MANIFEST_MAX_BYTES)
+        except RegistryError as exc:
+            if exc.code != "TOO_LARGE":
+                raise
+            raise RegistryError(f"manifest {self.host}/{repo}:{reference} is too large (over "
+                                f"{MANIFEST_MAX_BYTES // 2**20} MiB, the distribution spec's manifest limit): "
+                                f"refused", code="TOO_LARGE",
+                                retryable=False) from exc
         if response.status_code != 200:
             raise registry_error(response, f"reading manifest {self.host}/{repo}:{reference}")
         data = response.content
@@ -98,7 +148,8 @@ class RegistryClient:
             # reports the type as unsupported, so there is nothing to verify.
             return Manifest(data, media_type, response.headers.get("docker-content-digest", ""))
         digest = sha256_digest(data)
-        expected = reference if reference.startswith("sha256:") else response.headers.get("docker-content-digest")
+        header_digest = clip(response.headers.get("docker-content-digest", ""), 100)
+        expected = reference if reference.startswith("sha256:") else header_digest
         if expected and expected.startswith("sha256:") and expected != digest:
             raise RegistryError(
                 f"manifest {self.host}/{repo}:{reference} arrived corrupted (digest {digest}, expected {expected})",
@@ -107,20 +158,20 @@ class RegistryClient:
 
     async def put_manifest(self, repo: str, reference: str, manifest: Manifest) -> None:
         response = await self.http.request(
-            "PUT", f"/v2/{repo}/manifests/{reference}", scopes=[push_scope(repo)],
+            "PUT", _manifest_path(repo, reference), scopes=[push_scope(repo)],
             headers={"Content-Type": manifest.media_type}, content=manifest.data)
         if response.status_code not in (200, 201, 202):
             raise registry_error(response, f"pushing manifest {self.host}/{repo}:{reference}")
         pushed = response.headers.get("docker-content-digest")
         if pushed and pushed != manifest.digest:
             raise RegistryError(
-                f"{self.host}/{repo}:{reference} stored the manifest under {pushed}, not {manifest.digest}",
+                f"{self.host}/{repo}:{reference} stored the manifest under {clip(pushed, 100)}, not {manifest.digest}",
                 retryable=False)
 
     # -- blobs ---------------------------------------------------------------------------------
 
     async def blob_exists(self, repo: str, digest: str) -> bool:
-        response = await self.http.request("HEAD", f"/v2/{repo}/blobs/{digest}", scopes=[pull_scope(repo)])
+        response = await self.http.request("HEAD", _blob_path(repo, digest), scopes=[pull_scope(repo)])
         if response.status_code == 200:
             return True
         if response.status_code == 404:
@@ -130,7 +181,7 @@ class RegistryClient:
     async def mount_blob(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount. None when mounted; else the upload URL the registry opened instead."""
         response = await self.http.request(
-            "POST", f"/v2/{repo}/blobs/uploads/", params={"mount": digest, "from": from_repo},
+            "POST", f"{_repo_path(repo)}/blobs/uploads/", params={"mount": _digest(digest), "from": from_repo},
             scopes=[pull_scope(from_repo), push_scope(repo)])
         if response.status_code == 201:
             return None
@@ -139,7 +190,7 @@ class RegistryClient:
         raise registry_error(response, f"mounting blob {digest} into {self.host}/{repo}")
 
     async def start_upload(self, repo: str) -> str:
-        response = await self.http.request("POST", f"/v2/{repo}/blobs/uploads/", scopes=[push_scope(repo)])
+        response = await self.http.request("POST", f"{_repo_path(repo)}/blobs/uploads/", scopes=[push_scope(repo)])
         if response.status_code != 202:
             raise registry_error(response, f"starting upload to {self.host}/{repo}")
         return self._location(response, f"starting upload to {self.host}/{repo}")
@@ -152,10 +203,9 @@ class RegistryClient:
 
     @asynccontextmanager
     async def open_blob(self, repo: str, digest: str) -> AsyncIterator[httpx.Response]:
-        async with self.http.stream("GET", f"/v2/{repo}/blobs/{digest}", scopes=[pull_scope(repo)]) as response:
+        async with self.http.stream("GET", _blob_path(repo, digest), scopes=[pull_scope(repo)]) as response:
             if response.status_code != 200:
-                await response.aread()
-                raise registry_error(response, f"reading blob {digest} from {self.host}/{repo}")
+                raise registry_error(await buffered(response), f"reading blob {digest} from {self.host}/{repo}")
             yield response
 
     async def upload_blob(self, repo: str, location: str, digest: str, size: int,
@@ -171,15 +221,15 @@ class RegistryClient:
         if size <= MONOLITHIC_MAX:
             async with self.http.stream("PUT", _with_digest(location, digest), scopes=[push_scope(repo)],
                                         content=body, headers=headers) as response:
-                await response.aread()
                 if response.status_code not in (201, 204):
-                    raise registry_error(response, f"uploading blob {digest} to {self.host}/{repo}")
+                    raise registry_error(await buffered(response), f"uploading blob {digest} to {self.host}/{repo}")
+                await read_limited(response, SMALL_BODY_MAX_BYTES)
             return
         async with self.http.stream("PATCH", location, scopes=[push_scope(repo)], content=body,
                                     headers=headers) as response:
-            await response.aread()
             if response.status_code not in (201, 202, 204):
-                raise registry_error(response, f"uploading blob {digest} to {self.host}/{repo}")
+                raise registry_error(await buffered(response), f"uploading blob {digest} to {self.host}/{repo}")
+            await read_limited(response, SMALL_BODY_MAX_BYTES)
             commit_url = self._location(response, f"uploading blob {digest} to {self.host}/{repo}")
         committed = await self.http.request("PUT", _with_digest(commit_url, digest), scopes=[push_scope(repo)],
                                             headers={"Content-Length": "0"})
@@ -188,4 +238,46 @@ class RegistryClient:
 
 
 def _with_digest(url: str, digest: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}digest={quote(digest)}"
+    return f"{url}{'&' if '?' in url else '?'}digest={quote(_digest(digest))}"
+
+
+def _is_tag(tag: str) -> bool:
+    # reference.TAG_PATTERN's \w also matches non-ASCII letters; the spec's grammar is ASCII only.
+    try:
+        check_tag(tag)
+    except ReferenceError:
+        return False
+    return tag.isascii()
+
+
+def _repo_path(repo: str) -> str:
+    """``/v2/<name>``. Names come from parsed rules (already valid); encoded anyway, '/' kept as separator."""
+    return "/v2/" + quote(repo, safe="/")
+
+
+def _reference(reference: str) -> str:
+    """A manifest reference (tag or digest), checked and encoded as one path segment."""
+    if ":" in reference:
+        return _digest(reference)
+    if not _is_tag(reference):
+        raise RegistryError(f"refused to use {clip(reference, 80)!r} as a tag: not a tag by the distribution "
+                            f"spec (no request sent)", retryable=False)
+    return quote(reference, safe="")
+
+
+def _digest(digest: str) -> str:
+    """A digest (from a manifest: untrusted), checked; encoded as one path segment with ':' kept."""
+    try:
+        check_digest(digest)
+    except ReferenceError as exc:
+        raise RegistryError(f"refused to use a digest: {clip(str(exc), 120)} (no request sent)",
+                            retryable=False) from exc
+    return quote(digest, safe=":")
+
+
+def _manifest_path(repo: str, reference: str) -> str:
+    return f"{_repo_path(repo)}/manifests/{_reference(reference)}"
+
+
+def _blob_path(repo: str, digest: str) -> str:
+    return f"{_repo_path(repo)}/blobs/{_digest(digest)}"

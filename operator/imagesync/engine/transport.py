@@ -7,6 +7,20 @@ expire), the request-rate limit (``--qps``) and retries of transient failures wi
 
 Callers (``registry.py``) deal in registry verbs and status codes; nothing above this module knows how a
 token is obtained or that a request was retried.
+
+A registry is not trusted beyond its own answers (issue 11):
+
+- Credentials (Basic, or a Bearer token) go only to the registry's own origin: the scheme, host and port of
+  the endpoint we reached, as containerd and go-containerregistry do. A ``Location`` or ``Link`` naming
+  another origin is followed without credentials; httpx drops them on cross-origin redirects. A 401 from
+  another origin teaches us no challenge, so a foreign host cannot name the realm our password goes to.
+- An HTTPS registry is never followed to plain HTTP (``Location``, ``Link``, redirects, token realm).
+- The token realm: an absolute http(s) URL without user info, learned only from the registry's own
+  origin. It may be on another host (Docker Hub's is auth.docker.io), since the registry, reached over
+  verified TLS, names its token service. It gets Basic credentials over HTTPS only; plain HTTP only when
+  the registry itself is plain HTTP, which happens only for an endpoint the user marked ``insecure``.
+- Bodies are read with caps (:func:`read_limited`), decompressing ourselves so that a gzip bomb stops at
+  the cap; registry messages are clipped before they reach an error.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import random
 import re
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,13 +40,20 @@ from typing import Any
 
 import httpx
 
-from imagesync.engine.errors import RegistryError
+from imagesync.engine.errors import RegistryError, clip
 
 log = logging.getLogger(__name__)
 
 # Statuses worth another try: the registry (or a proxy in front of it) is busy or briefly broken.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 USER_AGENT = "imagesync/0.1"
+# What we hold in memory from one answer. 4 MiB is the manifest size the distribution spec says registries
+# should accept; token responses and error bodies are small documents.
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+SMALL_BODY_MAX_BYTES = 64 * 1024
+# The encodings read_limited() decodes itself (bounded); we ask for nothing else.
+ACCEPT_ENCODING = "gzip, deflate"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -174,6 +196,7 @@ class RegistryHTTP:
         self._slots = asyncio.Semaphore(max_connections)
         self._client: httpx.AsyncClient | None = None
         self._base = ""
+        self._origin: tuple[str, str, int | None] | None = None  # (scheme, host, port) of self._base
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, ...], _Token] = {}
         self._token_lock = asyncio.Lock()
@@ -195,8 +218,17 @@ class RegistryHTTP:
         transport = self._transport or httpx.AsyncHTTPTransport(verify=verify, limits=self._limits, retries=0)
         return httpx.AsyncClient(
             transport=transport, timeout=self._timeout, headers={"User-Agent": USER_AGENT},
-            follow_redirects=True,
+            follow_redirects=True, event_hooks={"request": [self._refuse_downgrade]},
         )
+
+    async def _refuse_downgrade(self, request: httpx.Request) -> None:
+        # Sees every request httpx sends, redirects included: those never pass through url().
+        if self._origin is not None and self._origin[0] == "https" and request.url.scheme != "https":
+            raise RegistryError(f"{self.endpoint.host} is HTTPS but sent us to {_redact(request.url)}: "
+                                f"refused (an HTTPS registry is never followed to plain HTTP)", retryable=False)
+
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return self._origin is not None and _origin(url) == self._origin
 
     async def _ensure_ready(self) -> None:
         """Pick the scheme and learn the auth challenge from ``GET /v2/`` (once per run)."""
@@ -223,7 +255,7 @@ class RegistryHTTP:
                         await client.aclose()
                     last_error = exc
                     continue
-                self._client, self._base = client, base
+                self._client, self._base, self._origin = client, base, _origin(httpx.URL(base))
                 if response.status_code == 401:
                     self._challenge = parse_challenge(response.headers.get("www-authenticate", ""))
                 return
@@ -234,7 +266,11 @@ class RegistryHTTP:
             await self._throttle()
             try:
                 self.requests_sent += 1
-                response = await client.get(f"{base}/v2/")
+                response = await client.send(client.build_request("GET", f"{base}/v2/"), stream=True)
+                try:
+                    await read_limited(response, SMALL_BODY_MAX_BYTES)  # drained so the connection is reused
+                finally:
+                    await response.aclose()
             except httpx.ConnectError:
                 raise  # wrong scheme or nothing listening: let the caller try the next candidate
             except httpx.TransportError:
@@ -292,9 +328,7 @@ class RegistryHTTP:
     async def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...]) -> _Token:
         if self._login_refused is not None:
             raise self._login_refused
-        realm = challenge.params.get("realm")
-        if not realm:
-            raise RegistryError(f"{self.endpoint.host} asks for a token but names no realm", retryable=False)
+        realm = self._realm(challenge)
         params: list[tuple[str, str | int | float | bool | None]] = []
         if "service" in challenge.params:
             params.append(("service", challenge.params["service"]))
@@ -309,7 +343,13 @@ class RegistryHTTP:
             await self._throttle()
             try:
                 self.requests_sent += 1
-                response = await self._client.get(realm, params=params, auth=auth)
+                streamed = await self._client.send(self._client.build_request("GET", realm, params=params),
+                                                   auth=auth, stream=True)
+                try:
+                    body, more = await read_limited(streamed, SMALL_BODY_MAX_BYTES)
+                finally:
+                    await streamed.aclose()
+                response = _with_body(streamed, body)
             except httpx.TransportError as exc:
                 if attempt + 1 >= self.retry.attempts:
                     raise RegistryError(f"token server {realm} unreachable: {_describe(exc)}",
@@ -329,6 +369,9 @@ class RegistryHTTP:
             )
             self._login_refused = error
             raise error
+        if response.status_code == 200 and more:
+            raise RegistryError(f"token server for {self.endpoint.host} sent an answer larger than "
+                                f"{_size(SMALL_BODY_MAX_BYTES)}: refused", retryable=False)
         if response.status_code != 200:
             raise RegistryError(
                 f"token server for {self.endpoint.host} answered {response.status_code}"
@@ -347,8 +390,30 @@ class RegistryHTTP:
         # Renew a little before the registry would start refusing the token.
         return _Token(str(value), time.monotonic() + max(expires_in - 10, expires_in / 2))
 
+    def _realm(self, challenge: Challenge) -> httpx.URL:
+        """The token realm, if it is one we send requests (and perhaps credentials) to; see the module doc."""
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise RegistryError(f"{self.endpoint.host} asks for a token but names no realm", retryable=False)
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL as exc:
+            raise RegistryError(f"{self.endpoint.host} names an invalid token realm {clip(realm)!r}",
+                                retryable=False) from exc
+        if url.scheme not in _DEFAULT_PORTS or not url.host or url.userinfo:
+            raise RegistryError(f"{self.endpoint.host} names a token realm we do not use: {clip(realm)!r} "
+                                f"(an http(s) URL without user info is needed)", retryable=False)
+        if url.scheme != "https" and not (self._origin is not None and self._origin[0] == "http"):
+            # Basic credentials in clear, or a token a man in the middle could swap: an HTTPS registry's
+            # realm must be HTTPS. A plain-HTTP registry (the user said insecure) sends everything in clear.
+            raise RegistryError(f"{self.endpoint.host} is HTTPS but its token realm {_redact(url)} is plain "
+                                f"HTTP: refused (credentials and tokens would travel in clear)",
+                                retryable=False)
+        return url
+
     def _handle_unauthorized(self, response: httpx.Response, scopes: Scopes) -> bool:
-        """Learn from a 401. True when a new attempt with fresh credentials is worthwhile."""
+        """Learn from a 401 of the registry's own origin. True when a new attempt with fresh credentials is
+        worthwhile."""
         challenge = parse_challenge(response.headers.get("www-authenticate", ""))
         if challenge is None:
             return False
@@ -374,10 +439,18 @@ class RegistryHTTP:
             return min(retry_after, self.retry.max_retry_after)
         return self.retry.backoff(attempt)
 
-    def url(self, path_or_url: str) -> str:
+    def url(self, path_or_url: str) -> httpx.URL:
+        """An API path on the registry, or an absolute URL the registry handed out (``Location``, ``Link``)."""
         if path_or_url.startswith(("http://", "https://")):
-            return path_or_url
-        return f"{self._base}{path_or_url}"
+            url = httpx.URL(path_or_url)
+            if self._origin is not None and self._origin[0] == "https" and url.scheme != "https":
+                raise RegistryError(f"{self.endpoint.host} is HTTPS but sent us to {_redact(url)}: refused "
+                                    f"(an HTTPS registry is never followed to plain HTTP)", retryable=False)
+            return url
+        if not path_or_url.startswith("/"):
+            # Appended to the base, "@host/..." or ".host/..." would change where the request goes.
+            raise RegistryError(f"{self.endpoint.host}: not an API path: {clip(path_or_url)!r}", retryable=False)
+        return httpx.URL(f"{self._base}{path_or_url}")
 
     async def request(
         self,
@@ -388,12 +461,25 @@ class RegistryHTTP:
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         params: Mapping[str, str] | None = None,
+        max_body: int = SMALL_BODY_MAX_BYTES,
     ) -> httpx.Response:
-        """Send a request whose body can be replayed, retrying transient failures; body read in full."""
-        async with self.stream(method, path, scopes=scopes, headers=headers, content=content,
+        """Send a request whose body can be replayed, retrying transient failures; body read in full.
+
+        At most ``max_body`` decoded bytes are held: a successful answer that is bigger is an error, a
+        bigger error answer is cut (it only feeds a message).
+        """
+        request_headers = {"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})}
+        async with self.stream(method, path, scopes=scopes, headers=request_headers, content=content,
                                params=params) as response:
-            await response.aread()
-            return response
+            try:
+                body, more = await read_limited(response, max_body)
+            except httpx.TransportError as exc:
+                raise RegistryError(f"{method} {self.endpoint.host}{_redact(path)}: {_describe(exc)}",
+                                    retryable=True) from exc
+        if more and response.is_success:
+            raise RegistryError(f"{method} {self.endpoint.host}{_redact(path)}: the answer is larger than "
+                                f"{_size(max_body)}: refused", code="TOO_LARGE", retryable=False)
+        return _with_body(response, body)
 
     @asynccontextmanager
     async def stream(
@@ -435,9 +521,11 @@ class RegistryHTTP:
         attempt = 0
         while True:
             await self._throttle()
+            url = self.url(path)
             request_headers = dict(headers or {})
-            request_headers.update(await self._auth_header(scopes))
-            request = self._client.build_request(method, self.url(path), headers=request_headers,
+            if self._same_origin(url):
+                request_headers.update(await self._auth_header(scopes))
+            request = self._client.build_request(method, url, headers=request_headers,
                                                  content=content, params=params)
             try:
                 self.requests_sent += 1
@@ -445,27 +533,32 @@ class RegistryHTTP:
             except httpx.TransportError as exc:
                 attempt += 1
                 if attempt >= attempts:
-                    raise RegistryError(f"{method} {self.endpoint.host}{path}: {_describe(exc)}",
+                    raise RegistryError(f"{method} {self.endpoint.host}{_redact(path)}: {_describe(exc)}",
                                         retryable=True) from exc
-                log.debug("retrying %s %s after %s", method, path, _describe(exc))
+                log.debug("retrying %s %s after %s", method, _redact(path), _describe(exc))
                 await asyncio.sleep(self.retry.backoff(attempt - 1))
                 continue
-            if response.status_code == 401 and not reauthed and replayable:
-                await response.aread()
-                await response.aclose()
+            if (response.status_code == 401 and not reauthed and replayable
+                    and self._same_origin(response.url)):
+                try:
+                    body, _ = await read_limited(response, SMALL_BODY_MAX_BYTES)
+                finally:
+                    await response.aclose()
                 reauthed = True
                 if self._handle_unauthorized(response, scopes):
                     continue
                 if self.endpoint.has_credentials and self._challenge and self._challenge.scheme == "basic":
                     self._basic_refused = True
-                yield response
+                yield _with_body(response, body)
                 return
             if response.status_code in TRANSIENT_STATUSES and attempt + 1 < attempts:
-                await response.aread()
-                await response.aclose()
+                try:
+                    await read_limited(response, SMALL_BODY_MAX_BYTES)
+                finally:
+                    await response.aclose()
                 delay = self._delay(response, attempt)
                 attempt += 1
-                log.debug("retrying %s %s after %s in %.2fs", method, path, response.status_code, delay)
+                log.debug("retrying %s %s after %s in %.2fs", method, _redact(path), response.status_code, delay)
                 await asyncio.sleep(delay)
                 continue
             try:
@@ -480,6 +573,73 @@ def _describe(exc: BaseException | None) -> str:
         return "unknown error"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme))
+
+
+def _redact(url: httpx.URL | str) -> str:
+    """A URL for a message: without its query, which in upload locations may carry signed state."""
+    return clip(str(url).split("?", 1)[0])
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+
+
+async def read_limited(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the decoded body, and whether there was more (reading stops there).
+
+    We decode gzip and deflate ourselves: httpx inflates each network chunk whole, and one 64 KiB chunk of
+    gzip can hold 64 MiB of zeros. zlib's ``max_length`` bounds every step, so a gzip bomb costs at most
+    ``limit`` bytes of memory however far it would inflate.
+    """
+    try:
+        data = response.content  # already buffered (by _with_body): nothing more to read
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        return data[:limit], len(data) > limit
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    decoder: Any = None
+    if encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    elif encoding not in ("", "identity"):
+        raise RegistryError(f"{response.url.host} answered with Content-Encoding {clip(encoding, 40)!r}, "
+                            f"which we did not ask for", retryable=False)
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            pending = chunk
+            while pending:
+                room = limit + 1 - len(body)
+                if decoder is None:
+                    body += pending[:room]
+                    pending = b""
+                else:
+                    body += decoder.decompress(pending, room)
+                    pending = decoder.unconsumed_tail
+                if len(body) > limit:
+                    return bytes(body[:limit]), True
+    except zlib.error as exc:
+        raise RegistryError(f"{response.url.host} sent a corrupt {encoding} body: {exc}", retryable=True) from exc
+    return bytes(body), False
+
+
+async def buffered(response: httpx.Response, limit: int = SMALL_BODY_MAX_BYTES) -> httpx.Response:
+    """A streamed (error) answer read up to ``limit`` bytes, so that its message can be quoted."""
+    body, _ = await read_limited(response, limit)
+    return _with_body(response, body)
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A closed response holding ``body`` (already decoded), for callers that read ``.content`` and ``.json()``."""
+    headers = [(name, value) for name, value in response.headers.multi_items()
+               if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
 def _registry_message(response: httpx.Response) -> str:
@@ -500,9 +660,9 @@ def registry_error_detail(response: httpx.Response) -> str:
             if isinstance(error, dict):
                 code, message = error.get("code", ""), error.get("message", "")
                 parts.append(f"{code} {message}".strip())
-        return "; ".join(p for p in parts if p)
+        return clip("; ".join(p for p in parts if p))
     if isinstance(body, dict) and isinstance(body.get("details"), str):
-        return str(body["details"])
+        return clip(str(body["details"]))
     return ""
 
 
@@ -514,5 +674,5 @@ def registry_error_code(response: httpx.Response) -> str | None:
     errors = body.get("errors") if isinstance(body, dict) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         code = errors[0].get("code")
-        return str(code) if code else None
+        return clip(str(code), 60) if code else None
     return None
