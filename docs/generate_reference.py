@@ -128,29 +128,10 @@ def crd_section(crd: dict[str, Any]) -> list[str]:
 
 
 def operator_parser() -> argparse.ArgumentParser:
-    """The parser of ``imagesync operator`` (imagesync.controller.main builds it inside parse_args).
+    """The parser of ``imagesync operator`` (it parses its own arguments)."""
+    from imagesync.controller.main import build_parser
 
-    A ``build_parser()`` there is used when it exists; otherwise parse_args runs with parsing replaced by
-    a capture of the parser it built (the actions are walked, no help text is parsed).
-    """
-    from imagesync.controller import main as controller_main
-
-    hook = getattr(controller_main, "build_parser", None)
-    if callable(hook):
-        built = hook()
-        if isinstance(built, argparse.ArgumentParser):
-            return built
-    captured: list[argparse.ArgumentParser] = []
-
-    def capture(self: argparse.ArgumentParser, *_: Any, **__: Any) -> argparse.Namespace:
-        captured.append(self)
-        return argparse.Namespace()
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
-        controller_main.parse_args([])
-    if not captured:
-        raise RuntimeError("imagesync.controller.main.parse_args built no argparse parser")
-    return captured[0]
+    return build_parser()
 
 
 # Subcommands whose cli parser is a placeholder: the subcommand parses its own arguments.

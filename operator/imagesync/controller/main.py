@@ -20,6 +20,11 @@ from imagesync.controller.settings import OperatorSettings, SettingsError, own_i
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``imagesync operator`` flags (docs/generate_reference.py documents them from here)."""
     parser = argparse.ArgumentParser(prog="imagesync operator", description=__doc__)
     parser.add_argument("--namespace", action="append", metavar="NS",
                         help="watch this namespace (repeatable; env IMAGESYNC_NAMESPACES; default: all)")
@@ -27,7 +32,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "with IMAGESYNC_POD_NAME/IMAGESYNC_POD_NAMESPACE set: the operator's own image)")
     parser.add_argument("--log-format", choices=["plain", "json"], help="env IMAGESYNC_LOG_FORMAT")
     parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use (default: in-cluster)")
-    return parser.parse_args(list(argv))
+    return parser
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
