@@ -12,6 +12,7 @@ command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+command -v lua5.4 >/dev/null 2>&1 || need_apt+=(lua5.4)  # Argo CD health checks (tests/controller/test_argocd_health.py)
 # The image build and its test (tests/image): podman runs containers with runc (crun fails on this kind of
 # machine, see tests/image/podman-env.sh), mmdebstrap makes the base image without a registry.
 for tool in podman buildah runc crun mmdebstrap conmon; do

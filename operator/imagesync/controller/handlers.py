@@ -38,7 +38,16 @@ from imagesync.controller.render import (
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.spec import DEFAULT_HISTORY_LIMIT, JobSpec, SpecError, parse_job_spec
-from imagesync.controller.status import final_phase, find_condition, fold_progress, make_condition, pod_problem
+from imagesync.controller.status import (
+    credential_verdict,
+    final_phase,
+    find_condition,
+    fold_progress,
+    kstatus_conditions,
+    make_condition,
+    pod_problem,
+    with_kstatus,
+)
 
 log = logging.getLogger(__name__)
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
@@ -197,7 +206,7 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
         elif changed and status.get("pendingGeneration") != generation:
             post_event(isj, "Normal", reason="RunQueued",
                       message=f"spec changed during run {status.get('run')}: the next run starts when it ends")
-            return {"pendingGeneration": generation, "conditions": make_condition(
+            return {"pendingGeneration": generation, "observedGeneration": generation, "conditions": make_condition(
                 status.get("conditions"), "RunQueued", "True", "SpecChanged",
                 f"generation {generation} waits for run {status.get('run')} to finish", generation, now_iso())}
         else:
@@ -351,7 +360,11 @@ def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, An
                                         f"{registry} accepted these credentials", generation, now_iso())
         else:
             continue
-        ctx.kube.patch_regcred_status(meta["namespace"], name, {"conditions": conditions, "lastCheckTime": now_iso()})
+        ready = find_condition(conditions, "Ready") or {}
+        conditions = kstatus_conditions(conditions, credential_verdict(
+            str(ready.get("status")), str(ready.get("reason")), str(ready.get("message"))), generation, now_iso())
+        ctx.kube.patch_regcred_status(meta["namespace"], name, {"conditions": conditions, "lastCheckTime": now_iso(),
+                                                                "observedGeneration": generation})
 
 
 def delete_run(ctx: Context, isj: Mapping[str, Any], run: int, kinds: tuple[str, ...] = ("Job", "Secret")) -> None:
@@ -398,15 +411,15 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        patch.status.update(reconcile(ctx, body, "created"))
+        patch.status.update(with_kstatus(body, reconcile(ctx, body, "created"), now_iso()))
 
     @jobs.update(GROUP, VERSION, JOBS_PLURAL, field="spec", registry=registry)
     def isj_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        patch.status.update(reconcile(ctx, body, "spec changed"))
+        patch.status.update(with_kstatus(body, reconcile(ctx, body, "spec changed"), now_iso()))
 
     @jobs.resume(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        patch.status.update(reconcile(ctx, body, "resume"))
+        patch.status.update(with_kstatus(body, reconcile(ctx, body, "resume"), now_iso()))
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -422,7 +435,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                 conditions = workers_condition(isj, pods)
                 if conditions is not None:
                     folded["conditions"] = conditions
-                ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], folded)
+                ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"],
+                                          with_kstatus(isj, folded, now_iso()))
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -445,7 +459,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
                 patch.update(reconcile(ctx, after, "queued spec change"))
-            ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], patch)
+            ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], with_kstatus(isj, patch, now_iso()))
             prune_runs(ctx, isj, int(meta["labels"][LABEL_RUN]))
 
     @kopf.timer(GROUP, VERSION, JOBS_PLURAL, interval=ctx.schedule_interval, registry=registry,
@@ -464,7 +478,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         update = reconcile(ctx, body, "schedule")
         update["lastScheduleTime"] = iso(now)
         update["nextScheduleTime"] = iso(next_fire(cron, now))
-        patch.status.update(update)
+        patch.status.update(with_kstatus(body, update, now_iso()))
 
     def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:
         spec = body.get("spec") or {}
@@ -483,9 +497,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             state, reason, message = "False", "LoginRejected", str(was.get("message", ""))
         if state == "False" and (was is None or was.get("status") != "False" or was.get("reason") != reason):
             post_event(body, "Warning", reason=reason, message=message)
-        patch.status.update(observedGeneration=generation, lastCheckTime=now_iso(),
-                            conditions=make_condition(previous, "Ready", state, reason, message, generation,
-                                                      now_iso()))
+        patch.status.update(observedGeneration=generation, lastCheckTime=now_iso(), conditions=kstatus_conditions(
+            previous, credential_verdict(state, reason, message), generation, now_iso()))
 
     @kopf.on.create(GROUP, VERSION, CREDS_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, CREDS_PLURAL, field="spec", registry=registry)

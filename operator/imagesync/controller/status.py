@@ -7,6 +7,7 @@ undeclared status fields (tests/controller/test_schemas.py checks it).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 FAILED_IMAGES_CAP = 20
@@ -132,3 +133,119 @@ def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
                 and condition.get("reason") == "Unschedulable":
             return "Unschedulable", f"pod {name}: Unschedulable: {condition.get('message') or 'no message'}"
     return None
+
+
+# -- kstatus: Ready, Reconciling, Stalled ---------------------------------------------------------------
+# The conventions Flux's health checks, `kubectl wait --for=condition=Ready` and Argo CD build on
+# (sigs.k8s.io/cli-utils/pkg/kstatus): Ready has positive polarity; Reconciling and Stalled are
+# "abnormal-true" (True only while something is going on or wrong); status.observedGeneration says which
+# spec generation the conditions are about. They are derived from the rest of the status (phase, the
+# run's fields and the detailed conditions above), so every status patch can carry them consistently.
+
+KSTATUS_TYPES = ("Ready", "Reconciling", "Stalled")
+# Detailed conditions whose False means no run can start until someone changes something (the spec, a
+# Secret, a RegistryCredential): their reasons become Stalled's (InvalidSpec, IndexedJobsUnsupported,
+# CredentialMissing, SecretMissing, WrongSecretType, NoEntryForRegistry, InvalidSecret, ...).
+BLOCKING_CONDITIONS = ("Valid", "CredentialsReady")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One situation of an object, as the three kstatus conditions show it."""
+
+    ready: bool
+    reconciling: bool
+    stalled: bool
+    reason: str
+    message: str
+    ready_reason: str | None = None  # Ready's own reason when it differs (e.g. Progressing during a run)
+
+
+def job_verdict(status: Mapping[str, Any], generation: int, scheduled: bool) -> Verdict:
+    """An ImageSyncJob's situation, from its (merged) status and its metadata.generation.
+
+    Order matters: a blocked run shows as Stalled even when an earlier run's fields linger; an active run
+    is Reconciling; a finished run of the current spec is Ready only when every image synced.
+    """
+    conditions = status.get("conditions")
+    for type_ in BLOCKING_CONDITIONS:
+        blocker = find_condition(conditions, type_)
+        if blocker and blocker.get("status") == "False" \
+                and blocker.get("observedGeneration", generation) == generation:
+            reason = str(blocker.get("reason") or f"{type_}False")
+            advice = "a run starts when the spec is fixed" if type_ == "Valid" else \
+                "fix the credential, then change the ImageSyncJob's spec to start a run"
+            return Verdict(False, False, True, reason, f"{blocker.get('message') or reason}; {advice}")
+    run = status.get("run")
+    phase = status.get("phase")
+    active = bool(status.get("jobName")) and not status.get("completionTime")
+    if active:
+        queued = status.get("pendingGeneration")
+        reason = "RunQueued" if queued else "RunStarting" if phase == "Pending" else "RunInProgress"
+        message = f"run {run} {'starting' if phase == 'Pending' else 'in progress'}: " \
+                  f"{status.get('syncedSummary') or '0/?'} images synced"
+        if queued:
+            message += f"; generation {queued} runs when it ends"
+        workers = find_condition(conditions, "WorkersReady")
+        if workers and workers.get("status") == "False":
+            stuck = str(workers.get("reason") or "WorkersNotReady")
+            return Verdict(False, True, False, reason, f"{message}; {workers.get('message') or stuck}",
+                           ready_reason=stuck)
+        return Verdict(False, True, False, reason, message, ready_reason="Progressing")
+    if phase == "Suspended":
+        return Verdict(False, False, False, "Suspended", "spec.suspend is true: no run starts")
+    if not status.get("completionTime"):
+        return Verdict(False, True, False, "RunNotStarted", "waiting for the operator to start a run",
+                       ready_reason="Progressing")
+    if status.get("runGeneration") not in (None, generation):
+        return Verdict(False, True, False, "SpecChanged",
+                       f"generation {generation} has not run yet (run {run} was of generation "
+                       f"{status.get('runGeneration')})", ready_reason="Progressing")
+    complete = find_condition(conditions, "Complete") or {}
+    summary = str(complete.get("message") or f"run {run} {phase}")
+    next_time = status.get("nextScheduleTime")
+    if phase == "Succeeded":
+        return Verdict(True, False, False, "Succeeded",
+                       summary + (f"; next scheduled run at {next_time}" if scheduled and next_time else ""))
+    if scheduled:
+        retry = f"the next scheduled run ({next_time or 'per spec.schedule'}) tries again"
+    else:
+        retry = "not retried until the spec changes"
+    return Verdict(False, False, True, f"Run{phase or 'Failed'}", f"{summary}; {retry}")
+
+
+def credential_verdict(state: str, reason: str, message: str) -> Verdict:
+    """A RegistryCredential's situation from its Ready check: a credential that is not valid (missing or
+    malformed Secret, refused login) stays that way until someone fixes it, so it is Stalled too."""
+    if state == "True":
+        return Verdict(True, False, False, reason, message)
+    return Verdict(False, False, True, reason, message)
+
+
+def kstatus_conditions(conditions: Sequence[Mapping[str, Any]] | None, verdict: Verdict, generation: int | None,
+                       now: str) -> list[dict[str, Any]]:
+    """``conditions`` with Ready, Reconciling and Stalled set per ``verdict`` (transition times kept when a
+    status does not change)."""
+    result = make_condition(conditions, "Ready", "True" if verdict.ready else "False",
+                            verdict.ready_reason or verdict.reason, verdict.message, generation, now)
+    result = make_condition(result, "Reconciling", "True" if verdict.reconciling else "False", verdict.reason,
+                            verdict.message if verdict.reconciling else "", generation, now)
+    return make_condition(result, "Stalled", "True" if verdict.stalled else "False", verdict.reason,
+                          verdict.message if verdict.stalled else "", generation, now)
+
+
+def with_kstatus(isj: Mapping[str, Any], patch: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """``patch`` (an ImageSyncJob status patch) plus the kstatus conditions and observedGeneration of the
+    status it leads to. observedGeneration is the generation the controller last acted on (a patch that
+    starts, queues or blocks a run sets it); a progress patch carries the one already there."""
+    meta = isj.get("metadata") or {}
+    generation = int(meta.get("generation") or 1)
+    status = {k: v for k, v in {**(isj.get("status") or {}), **patch}.items() if v is not None}
+    observed = status.get("observedGeneration")
+    observed = int(observed) if isinstance(observed, int) else generation
+    scheduled = bool((isj.get("spec") or {}).get("schedule"))
+    verdict = job_verdict(status, generation, scheduled)
+    result = dict(patch)
+    result["observedGeneration"] = observed
+    result["conditions"] = kstatus_conditions(status.get("conditions"), verdict, observed, now)
+    return result
