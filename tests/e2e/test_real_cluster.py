@@ -530,6 +530,10 @@ async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cl
                                  "imagesFailed": 0, "bytesCopied": progress["bytesCopied"]}]
     complete = condition(status, "Complete")
     assert complete["status"] == "True" and complete["observedGeneration"] == 1 and complete["lastTransitionTime"]
+    # kstatus: what `kubectl wait`, Flux and Argo CD gate on.
+    kubectl("-n", cluster.namespace, "wait", "--for=condition=Ready", "isj/e2e", "--timeout=60s")
+    assert condition(status, "Ready")["reason"] == "Succeeded" and status["observedGeneration"] == 1
+    assert condition(status, "Reconciling")["status"] == condition(status, "Stalled")["status"] == "False"
     reasons = {e.reason for e in cluster.events("e2e")}
     assert {"RunStarted", "RunSucceeded"} <= reasons, reasons
 
@@ -576,6 +580,9 @@ async def test_failing_source_gives_partially_failed_with_the_reason(cluster: Cl
     (failure,) = status["failedImages"]
     assert failure["source"].endswith("missing/app:1") and failure["reason"]
     assert status["failedImagesTotal"] == 1
+    # A partly failed run must not look Ready to GitOps tools: Stalled until the spec changes.
+    assert condition(status, "Ready")["status"] == "False" and condition(status, "Stalled")["status"] == "True"
+    assert condition(status, "Stalled")["reason"] == "RunPartiallyFailed"
     assert any(e.reason == "RunPartiallyFailed" and e.type == "Warning" for e in cluster.events("partial"))
 
 
