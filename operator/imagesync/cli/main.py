@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from imagesync import __version__
-from imagesync.cli.progress import is_interactive, show_progress, summary
+from imagesync.cli.progress import TerminalDisplay, show_progress, summary, terminal_display
 from imagesync.engine.config import AuthTable, check_ca_file, load_auth, load_images, load_legacy_config
 from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.errors import ConfigError, ImageSyncError
@@ -102,14 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(log_file: str | None, verbose: bool, stream: TextIO | None = None) -> None:
+def setup_logging(log_file: str | None, verbose: bool, stream: TextIO | None = None,
+                  display: TerminalDisplay | None = None) -> None:
+    """Logs go to --log FILE, else above the terminal display when there is one, else to plain ``stream``."""
     try:
         # sys.stderr looked up now, not when this module was imported (tests and embedders replace it).
         handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                    else display.log_handler() if display is not None
                                     else logging.StreamHandler(stream or sys.stderr))
     except OSError as exc:  # checked beforehand; the file system may still refuse
         raise ConfigError(f"--log {log_file}: cannot write: {exc.strerror or exc}") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if log_file or display is None:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -175,7 +179,7 @@ def options_from(args: argparse.Namespace) -> SyncOptions:
                        ca_file=args.ca_file)
 
 
-async def run_sync(args: argparse.Namespace) -> int:
+async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = None) -> int:
     auth, images = load_configuration(args)
     rules, rule_errors = parse_rules(images, args.registry, args.namespace)
     if not rules:
@@ -189,8 +193,8 @@ async def run_sync(args: argparse.Namespace) -> int:
     for error in rule_errors:
         log.error("%s", error)
     stats = SyncStats()
-    interactive = is_interactive(sys.stderr) and not args.log
-    reporter = asyncio.create_task(show_progress(stats, sys.stderr, interactive))
+    # A terminal gets the live display (with --log too: the records go to the file, the bars stay on screen).
+    reporter = asyncio.create_task(show_progress(stats, display))
     try:
         await sync(rules, rule_errors, auth, options, stats)
     finally:
@@ -255,9 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_file = None  # until the log file is open, errors go to standard error only
     try:
         check_arguments(args)
-        setup_logging(args.log, args.verbose)
+        display = None if getattr(args, "dry_run", False) else terminal_display(sys.stderr)
+        setup_logging(args.log, args.verbose, display=display)
         log_file = args.log
-        return asyncio.run(run_sync(args))
+        return asyncio.run(run_sync(args, display))
     except ImageSyncError as exc:
         report_error(exc, log_file)
         return EXIT_BAD_INPUT

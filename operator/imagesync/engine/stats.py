@@ -2,10 +2,15 @@
 
 The dict produced by :meth:`SyncStats.snapshot` is the one shape shared by the CLI's ``--output json``
 file, the worker's progress reports and (after folding) the ImageSyncJob status.
+
+Blob uploads in flight are published in :attr:`SyncStats.transfers` (the copy pipeline calls
+:meth:`SyncStats.transfer_started`, advances :attr:`Transfer.copied` and calls :meth:`SyncStats.transfer_ended`);
+a display polls them, the engine never waits on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +41,17 @@ class ImageOutcome:
         return data
 
 
+@dataclass(eq=False)  # identity: two uploads of one blob are two transfers
+class Transfer:
+    """One blob upload in flight: ``copied`` of ``size`` bytes have gone through so far."""
+
+    repository: str  # target host/path
+    digest: str
+    size: int
+    copied: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
 @dataclass
 class SyncStats:
     images_total: int = 0
@@ -50,6 +66,20 @@ class SyncStats:
     # Auth keys (registry or registry/namespace) whose credentials were used and accepted / refused.
     logins_accepted: list[str] = field(default_factory=list)
     logins_rejected: list[str] = field(default_factory=list)
+    # Blob uploads in flight, in the order they started (not part of the snapshot: it changes too fast).
+    # At most ``proc`` entries: a list is cheap to scan.
+    transfers: list[Transfer] = field(default_factory=list)
+
+    def transfer_started(self, repository: str, digest: str, size: int) -> Transfer:
+        transfer = Transfer(repository, digest, size)
+        self.transfers.append(transfer)
+        return transfer
+
+    def transfer_ended(self, transfer: Transfer) -> None:
+        """Done, failed or cancelled alike: the transfer leaves the list (its bytes stay counted or not
+        in :attr:`bytes_copied` as the pipeline decided)."""
+        with contextlib.suppress(ValueError):
+            self.transfers.remove(transfer)
 
     def record(self, outcome: ImageOutcome) -> None:
         """Record the latest outcome of an image (a retried image replaces its earlier failure)."""
