@@ -14,13 +14,13 @@ from testbed.registry import RegistryProcess
 
 
 def auth_entry(registry: RegistryProcess, *, with_credentials: bool = True) -> dict[str, Any]:
-    """The auth-file entry that reaches a test registry (plain HTTP needs ``insecure``)."""
+    """The auth-file entry that reaches a test registry (plain HTTP, with credentials, needs ``plainHTTP``)."""
     entry: dict[str, Any] = {}
     if registry.tls:
         assert registry.ca_file is not None
         entry["caFile"] = str(registry.ca_file)
     else:
-        entry["insecure"] = True
+        entry["plainHTTP"] = True
     if with_credentials and registry.username:
         entry["username"] = registry.username
         entry["password"] = registry.password

@@ -34,15 +34,43 @@ def test_docker_hub_aliases_match() -> None:
     assert entry is not None and entry.username == "hub"
 
 
-def test_env_expansion_go_semantics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_expansion_only_braced_or_whole_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """${VAR} anywhere, $VAR only as the whole value (image-syncer's two documented forms); any other '$' is
+    a character, so a password like pa$word survives (Go's os.ExpandEnv made it 'pa')."""
     monkeypatch.setenv("REG_USER", "robot")
     monkeypatch.setenv("REG_PASS", "s3cret")
+    monkeypatch.setenv("word", "EXPANDED")
+    auth = tmp_path / "auth.yaml"
+    auth.write_text('r.io:\n  username: "${REG_USER}"\n  password: "$REG_PASS"\n'
+                    'p.io:\n  username: "u-${REG_USER}-$REG_USER"\n  password: "pa$word"\n'
+                    'e.io:\n  username: "$$REG_USER"\n  password: "$${REG_PASS}$$x$1${}"\n')
+    table = load_auth(auth)
+    entry = table.lookup(parse_repository("r.io/a/b"))
+    assert entry is not None and (entry.username, entry.password) == ("robot", "s3cret")
+    assert "s3cret" not in repr(entry)
+    entry = table.lookup(parse_repository("p.io/a/b"))
+    assert entry is not None and (entry.username, entry.password) == ("u-robot-$REG_USER", "pa$word")
+    entry = table.lookup(parse_repository("e.io/a/b"))
+    assert entry is not None and (entry.username, entry.password) == ("$REG_USER", "${REG_PASS}$$x$1${}")
+
+
+def test_env_expansion_of_an_unset_variable_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Go's: image-syncer's README example ("${env}") loads."""
     monkeypatch.delenv("UNSET_VAR", raising=False)
     auth = tmp_path / "auth.yaml"
-    auth.write_text('r.io:\n  username: "${REG_USER}"\n  password: "$REG_PASS-$UNSET_VAR"\n')
+    auth.write_text('r.io:\n  username: "$UNSET_VAR"\n  password: "x-${UNSET_VAR}"\n')
     entry = load_auth(auth).lookup(parse_repository("r.io/a/b"))
-    assert entry is not None and (entry.username, entry.password) == ("robot", "s3cret-")
-    assert "s3cret" not in repr(entry)
+    assert entry is not None and (entry.username, entry.password) == ("", "x-")
+
+
+def test_files_written_from_secrets_are_never_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's auth file (expand=False): passwords and caFile are taken as written."""
+    monkeypatch.setenv("HOME_CA", str(tmp_path / "elsewhere"))
+    CertificateAuthority(tmp_path).ca_file.rename(tmp_path / "${HOME_CA}")
+    (tmp_path / "auth.yaml").write_text('r.io:\n  username: u\n  password: "${HOME_CA}"\n  caFile: "${HOME_CA}"\n')
+    entry = load_auth(tmp_path / "auth.yaml", expand=False).lookup(parse_repository("r.io/a/b"))
+    assert entry is not None and entry.password == "${HOME_CA}"
+    assert entry.ca_file == str(tmp_path / "${HOME_CA}")
 
 
 def test_json_with_comments_and_urls_in_strings(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ class BasicRegistry:
 
 
 def client_for(server: HostileServer, *, ca_file: Path | None = None, credentials: bool = True) -> RegistryClient:
-    endpoint = Endpoint(server.host, insecure=ca_file is None, ca_file=str(ca_file) if ca_file else None,
+    endpoint = Endpoint(server.host, plain_http=ca_file is None, ca_file=str(ca_file) if ca_file else None,
                         username=USER if credentials else None, password=PASSWORD if credentials else None)
     return RegistryClient(RegistryHTTP(endpoint, retry=FAST))
 

@@ -1,8 +1,7 @@
 """image-syncer's configuration files: ``--auth``, ``--images`` and the legacy combined ``--config``.
 
 JSON (image-syncer's README examples carry ``//`` comments, so comments are accepted) or YAML, by file
-extension. Credentials may reference the environment (``${VAR}`` / ``$VAR``, Go's ``os.ExpandEnv``
-semantics: unset variables expand to nothing).
+extension. Credentials may reference the environment: see :func:`expand_env`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ from yaml.constructor import ConstructorError
 from imagesync.engine.errors import ConfigError
 from imagesync.engine.reference import ReferenceError, Repository, check_registry_host, normalise_registry
 
-_ENV_VAR = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z0-9_]+)")
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENV_BRACED = re.compile(r"(\$?)\$\{(" + _ENV_NAME + r")\}")  # ${VAR}, or $${VAR} (escaped)
+_ENV_WHOLE = re.compile(r"(\$?)\$(" + _ENV_NAME + r")")  # a value that is exactly $VAR (or $$VAR)
 
 # Bounds for files that may be hostile or simply the wrong file (a log, an image tarball, /dev/zero).
 # A rules file with a hundred thousand rules is a few MiB.
@@ -38,8 +39,26 @@ MAX_ALIAS_NODES = 10_000
 
 
 def expand_env(value: str, env: Mapping[str, str] | None = None) -> str:
+    """Expand environment references in a username or password, the forms image-syncer documents.
+
+    - ``${VAR}`` anywhere in the value is replaced by the variable;
+    - a value that is exactly ``$VAR`` is replaced by the variable (image-syncer's ``"$env"`` form);
+    - any other ``$`` is a character: ``pa$word``, ``$1abc``, ``a$b$c`` stay as written. (Go's
+      ``os.ExpandEnv``, which image-syncer uses, turned ``pa$word`` into ``pa``.)
+
+    Escaping: ``$${VAR}`` is the literal text ``${VAR}``, and the whole value ``$$VAR`` is the literal
+    ``$VAR``; no other ``$$`` changes. A variable that is not set expands to nothing, as in Go (image-syncer's
+    own README example, ``"${env}"``, must load).
+    """
     environ = os.environ if env is None else env
-    return _ENV_VAR.sub(lambda m: environ.get(m.group(1) if m.group(1) is not None else m.group(2), ""), value)
+
+    def lookup(name: str) -> str:
+        return environ.get(name, "")
+
+    whole = _ENV_WHOLE.fullmatch(value)
+    if whole is not None:
+        return value[1:] if whole.group(1) else lookup(whole.group(2))
+    return _ENV_BRACED.sub(lambda m: "${" + m.group(2) + "}" if m.group(1) else lookup(m.group(2)), value)
 
 
 @dataclass(frozen=True)
@@ -47,8 +66,10 @@ class AuthEntry:
     key: str  # as written: "registry" or "registry/namespace"
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in a repr, a log or a message
-    insecure: bool = False
+    insecure: bool = False  # image-syncer's: see transport.Endpoint for what it means here
     ca_file: str | None = None
+    skip_tls_verify: bool = False  # HTTPS without certificate verification; never plain HTTP
+    plain_http: bool = False  # plain HTTP only, credentials included: the user said so for this registry
 
 
 @dataclass(frozen=True)
@@ -313,13 +334,18 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expa
             value = {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: auth entry {key!r} must be a mapping with username/password/insecure")
-        unknown = set(value) - {"username", "password", "insecure", "caFile", "ca_file"}
+        unknown = set(value) - {"username", "password", "insecure", "caFile", "ca_file", "skipTLSVerify",
+                                "plainHTTP"}
         if unknown:
             raise ConfigError(f"{source}: auth entry {key!r}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-        insecure = value.get("insecure", False)
-        if not isinstance(insecure, bool):
-            raise ConfigError(f"{source}: auth entry {key!r}: insecure must be true or false")
-        ca_file = _text_field(source, key, "caFile", value.get("caFile", value.get("ca_file")))
+        flags: dict[str, Any] = {}
+        for flag in ("insecure", "skipTLSVerify", "plainHTTP"):
+            flags[flag] = value.get(flag, False)
+            if not isinstance(flags[flag], bool):
+                raise ConfigError(f"{source}: auth entry {key!r}: {flag} must be true or false")
+        # Like the credentials: never env-expanded where they are not (files the operator writes).
+        ca_file = _text_field(source, key, "caFile", value.get("caFile", value.get("ca_file")), expand)
+        check_tls_settings(flags["skipTLSVerify"], flags["plainHTTP"], bool(ca_file), f"{source}: auth entry {key!r}")
         if ca_file and base_dir is not None and not os.path.isabs(ca_file):
             ca_file = str(base_dir / ca_file)  # relative to the auth file, as mounted Secrets need
         if ca_file:
@@ -330,8 +356,19 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expa
             # Half a credential would log in anonymously and fail every image with a 401 mid-run.
             given, missing = ("username", "password") if password is None else ("password", "username")
             raise ConfigError(f"{source}: auth entry {key!r}: {given} without {missing}")
-        entries[key] = AuthEntry(key, username, password, insecure, ca_file)
+        entries[key] = AuthEntry(key, username, password, flags["insecure"], ca_file,
+                                 skip_tls_verify=flags["skipTLSVerify"], plain_http=flags["plainHTTP"])
     return AuthTable(entries)
+
+
+def check_tls_settings(skip_tls_verify: bool, plain_http: bool, ca_file: bool, culprit: str) -> None:
+    """Settings that contradict each other: refused rather than one silently winning."""
+    if skip_tls_verify and plain_http:
+        raise ConfigError(f"{culprit}: skipTLSVerify (HTTPS, certificate not checked) and plainHTTP (no TLS at "
+                          f"all) exclude each other: choose one")
+    if ca_file and (skip_tls_verify or plain_http):
+        raise ConfigError(f"{culprit}: caFile verifies the registry's certificate, which "
+                          f"{'skipTLSVerify skips' if skip_tls_verify else 'plainHTTP has none of'}: choose one")
 
 
 def check_ca_file(ca_file: str, culprit: str) -> None:

@@ -82,6 +82,8 @@ class Registries:
             endpoint = Endpoint(
                 host=repo.api_host,
                 insecure=bool(entry and entry.insecure),
+                skip_tls_verify=bool(entry and entry.skip_tls_verify),
+                plain_http=bool(entry and entry.plain_http),
                 ca_file=(entry.ca_file if entry and entry.ca_file else None) or self._options.ca_file,
                 username=entry.username if entry else None,
                 password=entry.password if entry else None,

@@ -1,7 +1,7 @@
 """The one HTTP layer per registry host.
 
 Every request to a registry goes through :class:`RegistryHTTP`, which owns, for that host: the pooled
-keep-alive connections, the scheme (HTTPS, or plain HTTP only where ``insecure``), authentication
+keep-alive connections, the scheme (see :class:`Endpoint`: HTTPS unless the user said otherwise), authentication
 (anonymous, Basic, or Bearer tokens from the ``WWW-Authenticate`` challenge, cached per scope until they
 expire), the request-rate limit (``--qps``) and retries of transient failures with backoff.
 
@@ -18,7 +18,10 @@ A registry is not trusted beyond its own answers (issue 11):
 - The token realm: an absolute http(s) URL without user info, learned only from the registry's own
   origin. It may be on another host (Docker Hub's is auth.docker.io), since the registry, reached over
   verified TLS, names its token service. It gets Basic credentials over HTTPS only; plain HTTP only when
-  the registry itself is plain HTTP, which happens only for an endpoint the user marked ``insecure``.
+  the registry itself is plain HTTP, which happens only for an endpoint the user marked ``plainHTTP`` (or
+  ``insecure``, and then without credentials).
+- Credentials travel over plain HTTP only to a registry the user marked ``plainHTTP`` (issue 11, point 9);
+  no failure ever turns HTTPS into plain HTTP for a registry that holds credentials.
 - Bodies are read with caps (:func:`read_limited`), decompressing ourselves so that a gzip bomb stops at
   the cap; registry messages are clipped before they reach an error.
 """
@@ -72,17 +75,48 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach and log in to one registry host."""
+    """How to reach and log in to one registry host.
+
+    The scheme, chosen once per run (:meth:`schemes`), with no fallback between explicit settings:
+
+    - default: HTTPS, the certificate verified (system trust store plus ``ca_file``);
+    - ``skip_tls_verify``: HTTPS, the certificate not verified. Never plain HTTP: a handshake a man in
+      the middle breaks fails the registry. Credentials go over this unverified TLS (that is the cost);
+    - ``plain_http``: plain HTTP only, never HTTPS; credentials and tokens travel in clear, because the
+      user said so for this registry;
+    - ``insecure`` (image-syncer's setting, alone): HTTPS without verification, and if no TLS connection
+      can be made, plain HTTP *without credentials* (one warning per host). image-syncer documents
+      ``insecure: true`` as "the registry is a plain HTTP service" and implements it as that fallback, so
+      image-syncer files for anonymous HTTP registries keep working. The fallback is decided by whoever
+      answers the handshake, a man in the middle included, so it must not carry anything worth stealing:
+      over plain HTTP such a registry gets no password and no Basic-authenticated token request; a login
+      it asks for fails the image with a message naming ``plainHTTP``. What it can still do (serve other
+      content) it could already do through the unverified HTTPS that ``insecure`` also means.
+    """
 
     host: str  # API host[:port], e.g. registry-1.docker.io or 127.0.0.1:5000
-    insecure: bool = False  # plain HTTP (after HTTPS without verification fails)
+    insecure: bool = False  # image-syncer's: see above
     ca_file: str | None = None
-    username: str | None = None
+    username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    skip_tls_verify: bool = False
+    plain_http: bool = False
 
     @property
     def has_credentials(self) -> bool:
         return bool(self.username or self.password)
+
+    def schemes(self) -> list[str]:
+        """The schemes to try, in order (more than one only for ``insecure`` alone)."""
+        if self.plain_http:
+            return ["http"]
+        if self.skip_tls_verify or not self.insecure:
+            return ["https"]
+        return ["https", "http"]
+
+    @property
+    def verifies_tls(self) -> bool:
+        return not (self.insecure or self.skip_tls_verify or self.plain_http)
 
 
 @dataclass(frozen=True)
@@ -137,7 +171,7 @@ class RateLimiter:
 
 @dataclass
 class _Token:
-    value: str
+    value: str = field(repr=False)
     expires: float
 
 
@@ -151,6 +185,15 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise RegistryError(f"cannot load CA file {ca_file}: {exc}", retryable=False) from exc
     return context
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(host: str, message: str) -> None:
+    if host not in _warned:
+        _warned.add(host)
+        log.warning("%s", message)
 
 
 def _insecure_context() -> ssl.SSLContext:
@@ -238,14 +281,9 @@ class RegistryHTTP:
             if self._client is not None:
                 return
             ep = self.endpoint
-            candidates: list[tuple[str, ssl.SSLContext]] = []
-            if ep.insecure:
-                # image-syncer's `insecure`: HTTPS without verification first, then plain HTTP.
-                candidates = [("https", _insecure_context()), ("http", _insecure_context())]
-            else:
-                candidates = [("https", _ssl_context(ep.ca_file))]
+            context = _ssl_context(ep.ca_file) if ep.verifies_tls else _insecure_context()
             last_error: Exception | None = None
-            for scheme, context in candidates:
+            for scheme in ep.schemes():
                 client = self._make_client(context)
                 base = f"{scheme}://{ep.host}"
                 try:
@@ -254,12 +292,27 @@ class RegistryHTTP:
                     if self._transport is None:  # an injected transport is shared by the candidates
                         await client.aclose()
                     last_error = exc
+                    if isinstance(exc, RegistryError):
+                        break  # it answered over this scheme, only not as a registry: no other scheme
                     continue
+                if scheme == "http" and not ep.plain_http:
+                    _warn_once(ep.host, f"{ep.host}: insecure: true and no TLS connection could be made "
+                                        f"({_describe(last_error)}): using plain HTTP without credentials. Say "
+                                        f"plainHTTP: true or skipTLSVerify: true for this registry instead")
                 self._client, self._base, self._origin = client, base, _origin(httpx.URL(base))
                 if response.status_code == 401:
                     self._challenge = parse_challenge(response.headers.get("www-authenticate", ""))
                 return
             raise RegistryError(f"cannot reach registry {ep.host}: {_describe(last_error)}", retryable=True)
+
+    def _check_cleartext(self) -> None:
+        """Refuse to put credentials on a plain-HTTP connection the user did not ask for (see Endpoint)."""
+        if (self.endpoint.has_credentials and not self.endpoint.plain_http
+                and self._origin is not None and self._origin[0] != "https"):
+            raise RegistryError(
+                f"{self.endpoint.host} answers only plain HTTP and asks for a login: its credentials are not "
+                f"sent in clear (insecure: true falls back to plain HTTP without them); if this registry "
+                f"really is plain HTTP, say plainHTTP: true for it", code="CLEARTEXT_REFUSED", retryable=False)
 
     async def _ping(self, client: httpx.AsyncClient, base: str) -> httpx.Response:
         for attempt in range(self.retry.attempts):
@@ -303,6 +356,7 @@ class RegistryHTTP:
         if challenge.scheme == "basic":
             if not self.endpoint.has_credentials:
                 return {}
+            self._check_cleartext()
             return {"Authorization": httpx.BasicAuth(self.endpoint.username or "",
                                                      self.endpoint.password or "")._auth_header}
         if challenge.scheme == "bearer":
@@ -335,6 +389,7 @@ class RegistryHTTP:
         params.extend(("scope", scope) for scope in scopes)
         auth: httpx.BasicAuth | None = None
         if self.endpoint.has_credentials:
+            self._check_cleartext()
             params.append(("account", self.endpoint.username or ""))
             auth = httpx.BasicAuth(self.endpoint.username or "", self.endpoint.password or "")
         assert self._client is not None
@@ -405,7 +460,8 @@ class RegistryHTTP:
                                 f"(an http(s) URL without user info is needed)", retryable=False)
         if url.scheme != "https" and not (self._origin is not None and self._origin[0] == "http"):
             # Basic credentials in clear, or a token a man in the middle could swap: an HTTPS registry's
-            # realm must be HTTPS. A plain-HTTP registry (the user said insecure) sends everything in clear.
+            # realm must be HTTPS. A plain-HTTP registry sends everything in clear (and gets
+            # credentials only when the user said plainHTTP: _check_cleartext).
             raise RegistryError(f"{self.endpoint.host} is HTTPS but its token realm {_redact(url)} is plain "
                                 f"HTTP: refused (credentials and tokens would travel in clear)",
                                 retryable=False)
