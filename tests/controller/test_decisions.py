@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
 from imagesync.controller.render import runs_to_prune
@@ -17,6 +19,11 @@ from imagesync.controller.spec import SpecError, parse_job_spec
 from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
 
 PASSWORD = "s3cr3t-D0-NOT-LEAK"
+# Referenced Secrets opt in (issue 11, point 7: tests/controller/test_credential_optin.py).
+LOGIN_METADATA = {"name": "login", "labels": {"imagesync.dev/credential": "true"}}
+# A certificate that parses (CA material must), from the shipped example.
+CA_PEM = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "configmap-internal-ca.yaml")
+                        .read_text())["data"]["ca.crt"]
 
 
 def b64(text: str) -> str:
@@ -31,7 +38,7 @@ def regcred(registry: str = "registry.example.com", secret: str | None = "login"
 
 
 def dockerconfig(auths: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": "login"}, "type": "kubernetes.io/dockerconfigjson",
+    return {"metadata": LOGIN_METADATA, "type": "kubernetes.io/dockerconfigjson",
             "data": {".dockerconfigjson": b64(json.dumps({"auths": auths}))}}
 
 
@@ -50,9 +57,9 @@ def test_docker_hub_entry_and_username_password_form() -> None:
 
 @pytest.mark.parametrize(("secret", "reason"), [
     (None, "SecretMissing"),
-    ({"metadata": {"name": "login"}, "type": "kubernetes.io/tls", "data": {}}, "WrongSecretType"),
+    ({"metadata": LOGIN_METADATA, "type": "kubernetes.io/tls", "data": {}}, "WrongSecretType"),
     (dockerconfig({"other.example.com": {"auth": b64(f"x:{PASSWORD}")}}), "NoEntryForRegistry"),
-    ({"metadata": {"name": "login"}, "type": "Opaque", "data": {"username": b64("robot")}}, "InvalidSecret"),
+    ({"metadata": LOGIN_METADATA, "type": "Opaque", "data": {"username": b64("robot")}}, "InvalidSecret"),
 ])
 def test_unusable_secrets_name_the_reason_and_never_the_password(secret: dict[str, Any] | None,
                                                                  reason: str) -> None:
@@ -63,20 +70,20 @@ def test_unusable_secrets_name_the_reason_and_never_the_password(secret: dict[st
 
 
 def test_basic_auth_and_opaque_secrets_and_the_auth_document() -> None:
-    basic = {"metadata": {"name": "login"}, "type": "kubernetes.io/basic-auth",
+    basic = {"metadata": LOGIN_METADATA, "type": "kubernetes.io/basic-auth",
              "data": {"username": b64("robot"), "password": b64(PASSWORD)}}
-    opaque = {"metadata": {"name": "login"}, "type": "Opaque",
+    opaque = {"metadata": LOGIN_METADATA, "type": "Opaque",
               "stringData": {"username": "team", "password": PASSWORD}}
     one = resolve_credential(regcred("registry.example.com"), basic)
     two = resolve_credential({**regcred("registry.example.com/team"), "metadata": {"name": "team"}}, opaque)
     anonymous = resolve_credential({"metadata": {"name": "local"},
                                     "spec": {"registry": "127.0.0.1:5000", "insecure": True,
-                                             "caBundle": {"inline": "PEM"}}}, None)
+                                             "caBundle": {"inline": CA_PEM}}}, None)
     document = auth_document([one, two, anonymous])
     auth, ca_files = document.auth, document.ca_files
     assert auth["registry.example.com"] == {"username": "robot", "password": PASSWORD}
     assert auth["registry.example.com/team"]["username"] == "team"
-    assert auth["127.0.0.1:5000"] == {"insecure": True, "caFile": "ca-0.pem"} and ca_files == {"ca-0.pem": "PEM"}
+    assert auth["127.0.0.1:5000"] == {"insecure": True, "caFile": "ca-0.pem"} and ca_files == {"ca-0.pem": CA_PEM}
     assert document.used == [{"registry": "registry.example.com", "name": "cred"},
                              {"registry": "127.0.0.1:5000", "name": "local"},
                              {"registry": "registry.example.com/team", "name": "team"}]

@@ -1,6 +1,13 @@
 """RegistryCredentials and their Secrets -> the worker's auth file entries (pure).
 
 Messages name the Secret, its type and the missing key, never a value from it.
+
+Opt-in (issue 11, point 7): whoever may create a RegistryCredential may name any Secret or ConfigMap of the
+namespace, and the operator reads it with its own rights, copies it into a worker pod and sends it to the
+registry the RegistryCredential names. So the operator uses only objects that say they are meant for it,
+with the label ``imagesync.dev/credential: "true"`` (set by whoever may write Secrets, a stronger right than
+creating RegistryCredentials). Anything else makes the RegistryCredential Ready=False (SecretNotOptedIn,
+ConfigMapNotOptedIn) and blocks every run that uses it; nothing of the object is read or reported first.
 """
 
 from __future__ import annotations
@@ -8,16 +15,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from imagesync.engine.config import auth_key_matches
+from imagesync.engine.config import auth_key_matches, check_tls_settings
+from imagesync.engine.errors import ConfigError
 from imagesync.engine.reference import Repository
 
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 BASIC_AUTH = "kubernetes.io/basic-auth"
 OPAQUE = "Opaque"
+OPT_IN_LABEL = "imagesync.dev/credential"
+OPT_IN_VALUE = "true"
 
 
 class CredentialError(Exception):
@@ -33,10 +44,39 @@ class CredentialError(Exception):
 class ResolvedCredential:
     name: str  # the RegistryCredential
     registry: str  # its spec.registry: the auth file key
-    username: str | None
-    password: str | None
+    username: str | None = field(repr=False)  # never in a repr, a log or a message
+    password: str | None = field(repr=False)
     insecure: bool
-    ca_pem: str | None
+    ca_pem: str | None = field(repr=False)  # public, but long, and it may come from a Secret
+    skip_tls_verify: bool = False
+    plain_http: bool = False
+
+
+def check_opt_in(kind: str, obj: Mapping[str, Any]) -> None:
+    """A Secret or ConfigMap a RegistryCredential refers to must carry the opt-in label (see the module doc)."""
+    metadata = obj.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    if labels.get(OPT_IN_LABEL) != OPT_IN_VALUE:
+        name = metadata.get("name", "?")
+        raise CredentialError(f"{kind}NotOptedIn",
+                              f"{kind} {name!r} does not carry the label {OPT_IN_LABEL}: \"{OPT_IN_VALUE}\", so "
+                              f"the operator does not use it (label it if it is meant for imagesync: kubectl "
+                              f"label {kind.lower()} {name} {OPT_IN_LABEL}={OPT_IN_VALUE})")
+
+
+def check_ca_pem(pem: str, where: str) -> str:
+    """CA material: one or more PEM certificates, and nothing secret (a private key pasted by mistake)."""
+    if "PRIVATE KEY-----" in pem:
+        raise CredentialError("InvalidCABundle", f"{where} holds a private key: a CA bundle is certificates only "
+                                                 f"(the key was not used)")
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise CredentialError("InvalidCABundle", f"{where} is not a PEM certificate (no BEGIN CERTIFICATE)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise CredentialError("InvalidCABundle", f"{where} does not parse as PEM certificates "
+                                                 f"({getattr(exc, 'reason', None) or type(exc).__name__})") from None
+    return pem
 
 
 def _decode(secret: Mapping[str, Any], key: str) -> str | None:
@@ -107,6 +147,7 @@ def resolve_credential(regcred: Mapping[str, Any], secret: Mapping[str, Any] | N
         secret_name = secret_ref.get("name", "")
         if secret is None:
             raise CredentialError("SecretMissing", f"Secret {secret_name!r} not found in this namespace")
+        check_opt_in("Secret", secret)
         secret_type = secret.get("type") or OPAQUE
         if secret_type == DOCKERCONFIGJSON:
             config_text = _decode(secret, ".dockerconfigjson")
@@ -123,15 +164,21 @@ def resolve_credential(regcred: Mapping[str, Any], secret: Mapping[str, Any] | N
             raise CredentialError("WrongSecretType",
                                   f"Secret {secret_name!r} has type {secret_type!r}; expected {DOCKERCONFIGJSON}, "
                                   f"{BASIC_AUTH}, or {OPAQUE} with username and password")
-    return ResolvedCredential(name, registry, username, password, bool(spec.get("insecure", False)),
-                              _ca_pem(spec.get("caBundle"), ca_source, name))
+    skip_tls_verify, plain_http = bool(spec.get("skipTLSVerify", False)), bool(spec.get("plainHTTP", False))
+    ca_pem = _ca_pem(spec.get("caBundle"), ca_source, name)
+    try:
+        check_tls_settings(skip_tls_verify, plain_http, bool(ca_pem), f"RegistryCredential {name!r}")
+    except ConfigError as exc:
+        raise CredentialError("InvalidSpec", str(exc).replace("caFile", "caBundle")) from None
+    return ResolvedCredential(name, registry, username, password, bool(spec.get("insecure", False)), ca_pem,
+                              skip_tls_verify=skip_tls_verify, plain_http=plain_http)
 
 
 def _ca_pem(bundle: Any, source: Mapping[str, Any] | None, name: str) -> str | None:
     if not bundle:
         return None
     if isinstance(bundle.get("inline"), str):
-        return str(bundle["inline"])
+        return check_ca_pem(str(bundle["inline"]), f"RegistryCredential {name!r}: caBundle.inline")
     ref = bundle.get("secretKeyRef") or bundle.get("configMapKeyRef")
     kind = "Secret" if bundle.get("secretKeyRef") else "ConfigMap"
     if not isinstance(ref, Mapping):
@@ -139,11 +186,12 @@ def _ca_pem(bundle: Any, source: Mapping[str, Any] | None, name: str) -> str | N
                                              f"secretKeyRef or configMapKeyRef")
     if source is None:
         raise CredentialError("CABundleMissing", f"{kind} {ref.get('name')!r} for the CA bundle not found")
+    check_opt_in(kind, source)
     key = str(ref.get("key"))
     value = _decode(source, key) if kind == "Secret" else (source.get("data") or {}).get(key)
     if not isinstance(value, str) or not value:
         raise CredentialError("CABundleMissing", f"{kind} {ref.get('name')!r} has no key {key!r}")
-    return value
+    return check_ca_pem(value, f"{kind} {ref.get('name')!r} key {key!r}")
 
 
 def select_credentials(names: Sequence[str] | None, regcreds: Sequence[Mapping[str, Any]],
@@ -164,8 +212,9 @@ def select_credentials(names: Sequence[str] | None, regcreds: Sequence[Mapping[s
 
 @dataclass(frozen=True)
 class AuthDocument:
-    auth: dict[str, Any]  # the worker's auth.yaml (image-syncer format; CA files by relative name)
-    ca_files: dict[str, str]  # file name -> PEM
+    # The worker's auth.yaml (image-syncer format; CA files by relative name): passwords, so never in a repr.
+    auth: dict[str, Any] = field(repr=False)
+    ca_files: dict[str, str] = field(repr=False)  # file name -> PEM
     used: list[dict[str, str]]  # [{registry, name}]: which RegistryCredential serves each auth key
 
 
@@ -188,6 +237,10 @@ def auth_document(credentials: Sequence[ResolvedCredential]) -> AuthDocument:
             entry["password"] = credential.password or ""
         if credential.insecure:
             entry["insecure"] = True
+        if credential.skip_tls_verify:
+            entry["skipTLSVerify"] = True
+        if credential.plain_http:
+            entry["plainHTTP"] = True
         if credential.ca_pem:
             file_name = f"ca-{len(ca_files)}.pem"
             ca_files[file_name] = credential.ca_pem
