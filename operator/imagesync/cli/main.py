@@ -21,13 +21,17 @@ from pathlib import Path
 from typing import TextIO
 
 from imagesync import __version__
+from imagesync.cli.convert import add_convert_arguments, run_convert
 from imagesync.cli.progress import TerminalDisplay, show_progress, summary, terminal_display
 from imagesync.engine.config import AuthTable, check_ca_file, load_auth, load_images, load_legacy_config
 from imagesync.engine.copy import SyncOptions, sync
-from imagesync.engine.errors import ConfigError, ImageSyncError
+from imagesync.engine.errors import ConfigError, ImageSyncError, RuleError
+from imagesync.engine.image_transfer import DEFAULT_QPS as DEFAULT_TRANSFER_QPS
+from imagesync.engine.image_transfer import load_rules as load_transfer_rules
+from imagesync.engine.image_transfer import load_security
 from imagesync.engine.manifest import PlatformFilter
 from imagesync.engine.reference import ReferenceError, check_registry_host, parse_repository
-from imagesync.engine.rules import parse_rules
+from imagesync.engine.rules import Rule, parse_rules
 from imagesync.engine.stats import SyncStats
 
 EXIT_OK = 0
@@ -89,6 +93,28 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--result-file", metavar="FILE", help="write the JSON result (successes and failures)")
     out.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     out.add_argument("--records", help=argparse.SUPPRESS)  # image-syncer < 1.1: accepted, no longer needed
+    add_image_transfer_arguments(parser)
+
+
+def add_image_transfer_arguments(parser: argparse.ArgumentParser) -> None:
+    """image-transfer's command line (tkestack/image-transfer), so its users' scripts run unchanged.
+
+    --registry and --qps are shared with image-syncer's; the others write the same settings as their
+    image-syncer names (defaults stay theirs: argparse.SUPPRESS).
+    """
+    compat = parser.add_argument_group(
+        "image-transfer's command line (--registry and --qps above mean the same there)")
+    compat.add_argument("--securityFile", dest="security_file", metavar="FILE",
+                        help="image-transfer's registry-secret.yaml (credentials; with --ruleFile)")
+    compat.add_argument("--ruleFile", dest="rule_file", metavar="FILE",
+                        help="image-transfer's transfer-rule.yaml (its rule format, not image-syncer's); "
+                             f"--qps defaults to image-transfer's {DEFAULT_TRANSFER_QPS:g} with it")
+    compat.add_argument("--ns", dest="namespace", default=argparse.SUPPRESS,
+                        help="default target namespace: the same as --namespace")
+    compat.add_argument("--routines", dest="proc", type=_positive(int), default=argparse.SUPPRESS, metavar="N",
+                        help="concurrency: the same as --proc")
+    compat.add_argument("--retry", dest="retries", type=_positive(int), default=argparse.SUPPRESS, metavar="N",
+                        help="retry rounds for failed images: the same as --retries")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sync_parser = commands.add_parser("sync", help="copy images between registries (image-syncer compatible)")
     add_sync_arguments(sync_parser)
+    convert_parser = commands.add_parser(
+        "convert", help="image-syncer's or image-transfer's files -> ImageSyncJob, RegistryCredential and "
+                        "Secret manifests")
+    add_convert_arguments(convert_parser)
     commands.add_parser("worker", help="run one shard of an ImageSyncJob (inside a worker pod)")
     commands.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     return parser
@@ -142,6 +172,20 @@ def load_configuration(args: argparse.Namespace) -> tuple[AuthTable, dict[str, o
     return auth, dict(images)
 
 
+def load_image_transfer(args: argparse.Namespace) -> tuple[AuthTable, list[Rule], list[RuleError]]:
+    """--securityFile/--ruleFile: image-transfer's files, its meanings (see engine/image_transfer.py)."""
+    if args.auth or args.images or args.config:
+        raise ConfigError("--securityFile/--ruleFile (image-transfer's files) cannot be combined with "
+                          "--auth/--images/--config (image-syncer's)")
+    if not args.rule_file:
+        raise ConfigError("--securityFile needs --ruleFile (image-transfer's rule file)")
+    auth = load_security(args.security_file) if args.security_file else AuthTable({})
+    rules, rule_errors = load_transfer_rules(args.rule_file, args.registry, args.namespace)
+    if args.qps is None:
+        args.qps = DEFAULT_TRANSFER_QPS
+    return auth, rules, rule_errors
+
+
 def check_output_file(flag: str, path: str) -> None:
     """Refuse an output path that cannot be written before anything is copied: failing after the copy
     would report images that were synced as a failed run."""
@@ -180,8 +224,11 @@ def options_from(args: argparse.Namespace) -> SyncOptions:
 
 
 async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = None) -> int:
-    auth, images = load_configuration(args)
-    rules, rule_errors = parse_rules(images, args.registry, args.namespace)
+    if args.rule_file or args.security_file:  # image-transfer's files
+        auth, rules, rule_errors = load_image_transfer(args)
+    else:
+        auth, images = load_configuration(args)
+        rules, rule_errors = parse_rules(images, args.registry, args.namespace)
     if not rules:
         # Not one rule can run: bad input (exit 2), like a file that does not parse.
         for error in rule_errors:
@@ -252,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return EXIT_BAD_INPUT
+    if args.command == "convert":
+        return run_convert(args)
     if args.command == "worker":
         from imagesync.worker.main import main as worker_main
 
