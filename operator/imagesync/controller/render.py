@@ -25,6 +25,14 @@ PROGRESS_ANNOTATION = "imagesync.dev/progress"
 CONFIG_DIR = "/etc/imagesync/config"
 # Room for the pod suffixes Kubernetes appends to a Job's name (-<index>-<5 random>).
 MAX_NAME = 52
+# The worker container's resources when spec.worker.resources is empty. The engine's measured peak is about
+# 80 MiB at --proc 8 (docs/benchmarks.md): the limit leaves room for higher concurrency and big manifests
+# lists, and a runaway worker is OOM-killed alone instead of pressing its node. No CPU limit: throttling
+# only slows a copy down, and the request already orders it behind what needs the CPU.
+DEFAULT_WORKER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
 
 
 def run_name(isj_name: str, run: int) -> str:
@@ -102,8 +110,9 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     }
-    if spec.worker.resources:
-        container["resources"] = dict(spec.worker.resources)
+    # The user's resources as given (a partial one is theirs to choose: Kubernetes fills requests from limits).
+    container["resources"] = dict(spec.worker.resources) if spec.worker.resources else \
+        {kind: dict(values) for kind, values in DEFAULT_WORKER_RESOURCES.items()}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": spec.worker.service_account or settings.worker_service_account,
@@ -127,6 +136,11 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
     }
     if shards > 1:
         job_spec["completionMode"] = "Indexed"
+    if settings.worker_deadline_seconds:
+        # Kubernetes stops the Job's pods and fails it (reason DeadlineExceeded); the run folds as failed.
+        job_spec["activeDeadlineSeconds"] = settings.worker_deadline_seconds
+    if settings.worker_ttl_seconds:
+        job_spec["ttlSecondsAfterFinished"] = settings.worker_ttl_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

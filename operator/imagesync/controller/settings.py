@@ -4,14 +4,47 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_WORKER_IMAGE = "ghcr.io/imagesync-dev/imagesync:0.1.0"
 DEFAULT_WORKER_SERVICE_ACCOUNT = "imagesync-worker"
+# A worker Job that has not finished after this long is stopped by Kubernetes (Job activeDeadlineSeconds):
+# a hung registry or a run far bigger than intended must not hold its credentials and a node forever.
+# A day is far above any run measured (docs/benchmarks.md); 0 turns the deadline off.
+DEFAULT_WORKER_DEADLINE_SECONDS = 24 * 3600
+# ttlSecondsAfterFinished is off by default: the operator deletes a finished run's Secret itself and keeps the
+# Jobs of spec.historyLimit runs, and a Job deleted before the operator folded its pods' final reports (the
+# operator down or slow) would leave that run without an outcome. A value, if set, must leave room for that.
+MIN_WORKER_TTL_SECONDS = 3600
 
 
 class SettingsError(ValueError):
     pass
+
+
+def seconds_setting(value: str | None, name: str, default: int | None, minimum: int = 1) -> int | None:
+    """Whole seconds from an env variable: empty means the default, 0 turns the setting off (None)."""
+    if value is None or not value.strip():
+        return default
+    try:
+        seconds = int(value.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected whole seconds (0 to turn it off)") from None
+    if seconds == 0:
+        return None
+    if seconds < minimum:
+        raise SettingsError(f"{name}={value!r}: expected 0 (off) or at least {minimum} seconds")
+    return seconds
+
+
+def worker_deadline_from(env: Mapping[str, str]) -> int | None:
+    return seconds_setting(env.get("IMAGESYNC_WORKER_DEADLINE_SECONDS"), "IMAGESYNC_WORKER_DEADLINE_SECONDS",
+                           DEFAULT_WORKER_DEADLINE_SECONDS)
+
+
+def worker_ttl_from(env: Mapping[str, str]) -> int | None:
+    return seconds_setting(env.get("IMAGESYNC_WORKER_TTL_SECONDS"), "IMAGESYNC_WORKER_TTL_SECONDS", None,
+                           MIN_WORKER_TTL_SECONDS)
 
 
 def own_image(pod: Mapping[str, object], container: str = "operator") -> str | None:
@@ -34,6 +67,11 @@ class OperatorSettings:
     worker_image: str = DEFAULT_WORKER_IMAGE
     worker_service_account: str = DEFAULT_WORKER_SERVICE_ACCOUNT
     log_format: str = "plain"  # or "json"
+    # Read from the process environment when not given, so that code building settings field by field
+    # (the operator command's flags) keeps them: IMAGESYNC_WORKER_DEADLINE_SECONDS (default a day; 0: none)
+    # and IMAGESYNC_WORKER_TTL_SECONDS (default none; at least an hour), see above.
+    worker_deadline_seconds: int | None = field(default_factory=lambda: worker_deadline_from(os.environ))
+    worker_ttl_seconds: int | None = field(default_factory=lambda: worker_ttl_from(os.environ))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -47,4 +85,6 @@ class OperatorSettings:
             worker_service_account=env.get("IMAGESYNC_WORKER_SERVICE_ACCOUNT", "").strip()
             or DEFAULT_WORKER_SERVICE_ACCOUNT,
             log_format=log_format,
+            worker_deadline_seconds=worker_deadline_from(env),
+            worker_ttl_seconds=worker_ttl_from(env),
         )

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import re._compiler
+import re._parser as sre_parse  # the stdlib's own parse tree, to inspect a user's pattern before it runs
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from imagesync.engine.errors import RuleError
 from imagesync.engine.reference import (
@@ -30,6 +33,150 @@ from imagesync.engine.reference import (
     parse_repository,
     split_reference,
 )
+
+# Tags are at most 128 characters by the distribution spec's grammar (listed tags are checked against it);
+# a regex never sees a longer string. Patterns are bounded too, and the shapes that make Python's
+# backtracking engine take exponential (or high polynomial) time are refused; image-syncer uses Go's RE2,
+# which has neither backreferences nor lookarounds, so no pattern that worked there is lost to that rule.
+# The shape check is a heuristic over the alphabet of tags (the input is what bounds the rest): a repetition
+# whose body can start again where an inner unbounded repetition could go on ("(a+)+", "(.*a){20}",
+# "(aa*)*"), alternatives that can start alike under a repetition ("(a|ab)*"), or three or more unbounded
+# repetitions that can eat the same characters with nothing between them (".*.*.*") are refused;
+# separator-led repetitions, the usual tag idiom ("v[0-9]+(\.[0-9]+)*", "[a-z]+(-[a-z0-9]+)*"), pass.
+MAX_TAG_LENGTH = 128
+MAX_REGEX_LENGTH = 512
+_TAG_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_NOT_RE2 = {sre_parse.GROUPREF: "backreferences", sre_parse.GROUPREF_EXISTS: "conditional groups",
+            sre_parse.ASSERT: "lookarounds", sre_parse.ASSERT_NOT: "lookarounds"}
+_REPEATS = (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, sre_parse.POSSESSIVE_REPEAT)
+# A repetition of at most this many rounds multiplies the work by at most n^_FEW (n <= 128): not refused.
+_FEW = 3
+_SINGLE_CHAR = (sre_parse.LITERAL, sre_parse.NOT_LITERAL, sre_parse.IN, sre_parse.ANY)
+
+
+class _Checker:
+    def __init__(self, regex: str, tree: Any) -> None:
+        self.regex = regex
+        self.state = tree.state
+
+    def refuse(self, why: str) -> ReferenceError:
+        return ReferenceError(f"tag regex /{self.regex}/: {why}: refused")
+
+    def chars(self, item: tuple[Any, Any]) -> frozenset[str]:
+        """The tag characters one single-character item matches."""
+        compiled = re._compiler.compile(sre_parse.SubPattern(self.state, [item]))
+        return frozenset(c for c in _TAG_ALPHABET if compiled.match(c))
+
+    def first(self, items: Any) -> tuple[frozenset[str], bool]:
+        """The characters a match of ``items`` can start with, and whether it can match the empty string."""
+        found: set[str] = set()
+        for op, av in items:
+            if op in _SINGLE_CHAR:
+                return frozenset(found | self.chars((op, av))), False
+            if op in _REPEATS:
+                body, empty = self.first(av[2])
+                found |= body
+                if av[0] > 0 and not empty:
+                    return frozenset(found), False
+            elif op in (sre_parse.SUBPATTERN, sre_parse.ATOMIC_GROUP):
+                body, empty = self.first(av[-1] if op == sre_parse.SUBPATTERN else av)
+                found |= body
+                if not empty:
+                    return frozenset(found), False
+            elif op == sre_parse.BRANCH:
+                empties = False
+                for branch in av[1]:
+                    body, empty = self.first(branch)
+                    found |= body
+                    empties = empties or empty
+                if not empties:
+                    return frozenset(found), False
+            # AT (anchors) and the like match no character: look further.
+        return frozenset(found), True
+
+    def unbounded_inside(self, items: Any) -> list[Any]:
+        """The bodies of every unbounded repetition within ``items``."""
+        bodies = []
+        for op, av in items:
+            if op in _REPEATS:
+                if av[1] == sre_parse.MAXREPEAT:
+                    bodies.append(av[2])
+                bodies += self.unbounded_inside(av[2])
+            elif op == sre_parse.SUBPATTERN:
+                bodies += self.unbounded_inside(av[-1])
+            elif op == sre_parse.ATOMIC_GROUP:
+                bodies += self.unbounded_inside(av)
+            elif op == sre_parse.BRANCH:
+                for branch in av[1]:
+                    bodies += self.unbounded_inside(branch)
+        return bodies
+
+    def check(self, items: Any) -> None:
+        chain: frozenset[str] = frozenset()  # what the unseparated unbounded repetitions so far can eat
+        chained = 0
+        for op, av in items:
+            if op in _NOT_RE2:
+                raise self.refuse(f"{_NOT_RE2[op]} are not supported (Go's RE2 syntax, as image-syncer)")
+            if op in _REPEATS:
+                low, high, body = av
+                if high > _FEW:
+                    starts, _ = self.first(body)
+                    for inner in self.unbounded_inside(body):
+                        if self.first(inner)[0] & starts or self.first(inner)[1]:
+                            raise self.refuse("a repetition inside a repetition that can start alike, like (a+)+, "
+                                              "can take exponential time")
+                    if high == sre_parse.MAXREPEAT:
+                        self.check_alternatives(body)
+                        eats, _ = self.first(body)
+                        chained = chained + 1 if eats & chain else 1
+                        chain = eats if chained == 1 else chain | eats
+                        if chained >= 3:
+                            raise self.refuse("three unbounded repetitions over the same characters in a row, "
+                                              "like .*.*.*, can take a very long time")
+                        self.check(body)
+                        continue
+                self.check(body)
+                if low > 0 and not self.first(body)[0] & chain:
+                    chain, chained = frozenset(), 0
+            elif op in _SINGLE_CHAR:
+                if not self.chars((op, av)) & chain:
+                    chain, chained = frozenset(), 0
+            elif op == sre_parse.SUBPATTERN:
+                self.check(av[-1])
+            elif op == sre_parse.ATOMIC_GROUP:
+                self.check(av)
+            elif op == sre_parse.BRANCH:
+                for branch in av[1]:
+                    self.check(branch)
+
+    def check_alternatives(self, body: Any) -> None:
+        """Under a repetition, alternatives that can start with the same character: (a|ab)*."""
+        for op, av in body:
+            if op == sre_parse.SUBPATTERN:
+                self.check_alternatives(av[-1])
+            elif op == sre_parse.BRANCH:
+                seen: set[str] = set()
+                for branch in av[1]:
+                    starts, empty = self.first(branch)
+                    if starts & seen or empty:
+                        raise self.refuse("alternatives that can start alike under a repetition, like (a|ab)*, "
+                                          "can take exponential time")
+                    seen |= starts
+            if op not in (sre_parse.AT,):
+                return  # only the body's first element decides how an iteration starts
+
+
+def check_tag_regex(regex: str) -> re.Pattern[str]:
+    """A user's tag regex, compiled, or a ReferenceError saying why it is refused."""
+    if len(regex) > MAX_REGEX_LENGTH:
+        raise ReferenceError(f"tag regex longer than {MAX_REGEX_LENGTH} characters: refused")
+    try:
+        pattern = re.compile(regex)
+        tree = sre_parse.parse(regex)
+    except re.error as exc:
+        raise ReferenceError(f"invalid tag regex /{regex}/: {exc}") from exc
+    _Checker(regex, tree).check(tree)
+    return pattern
 
 
 @dataclass(frozen=True)
@@ -72,10 +219,7 @@ def _parse_source(text: str) -> SourceSpec:
         regex = pattern[:-1]
         if not regex:
             raise ReferenceError("empty tag regex: write repo:/regex/")
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            raise ReferenceError(f"invalid tag regex /{regex}/: {exc}") from exc
+        check_tag_regex(regex)
         return SourceSpec(parse_repository(name), regex=regex)
     name, tag_part, digest = split_reference(text)
     repo = parse_repository(name)
@@ -194,7 +338,7 @@ def expand_rule(rule: Rule, source_tags: Sequence[str] | None = None) -> list[Im
     tags = sorted(set(source_tags))
     if source.regex is not None:
         pattern = re.compile(source.regex)
-        tags = [t for t in tags if pattern.search(t)]
+        tags = [t for t in tags if len(t) <= MAX_TAG_LENGTH and pattern.search(t)]
     return [ImagePair(ImageRef(source.repo, tag=tag), ImageRef(target.repo, tag=tag), rule.text) for tag in tags]
 
 
