@@ -14,7 +14,6 @@ client; they are registered into a registry the caller provides, so tests get a 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from imagesync.controller.render import (
     run_name,
     runs_to_prune,
 )
+from imagesync.controller.reports import Once, ReportError, clip, controlled_by, parse_report, run_registries
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.spec import DEFAULT_HISTORY_LIMIT, JobSpec, SpecError, parse_job_spec
@@ -77,6 +77,7 @@ class Context:
     credential_check_interval: float = 300.0
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    warned: Once = field(default_factory=Once)  # foreign pods and bad reports are logged once each
 
     def status_lock(self, namespace: str, name: str) -> threading.Lock:
         """Pod and Job events of one ImageSyncJob read-modify-write its status one at a time: a late
@@ -244,14 +245,49 @@ class RunPods:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_pods(ctx: Context, isj: Mapping[str, Any]) -> RunPods:
+def run_job(ctx: Context, isj: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+    """The active run's Job, when it is the one the operator created for this ImageSyncJob (named in
+    status.jobName and controlled by the ImageSyncJob): a Job that merely carries the labels is not."""
+    meta, status = isj["metadata"], isj.get("status") or {}
+    name = status.get("jobName")
+    if not name:
+        return None
+    if job is None or (job.get("metadata") or {}).get("name") != name:
+        job = ctx.kube.get_job(meta["namespace"], str(name))
+    if job is None or not controlled_by(job, "ImageSyncJob", meta.get("uid")):
+        if job is not None and ctx.warned.first(("job", job["metadata"].get("uid"))):
+            log.warning("Job %s/%s is not controlled by ImageSyncJob %s: its pods' reports are ignored",
+                        meta["namespace"], name, meta["name"])
+        return None
+    return job
+
+
+def foreign_pod(ctx: Context, isj: Mapping[str, Any], pod: Mapping[str, Any], job: Mapping[str, Any]) -> bool:
+    """True (logged once per pod) when ``pod`` carries the run's labels but is not controlled by its Job."""
+    if controlled_by(pod, "Job", job["metadata"].get("uid")):
+        return False
+    pod_meta = pod.get("metadata") or {}
+    if ctx.warned.first(("pod", pod_meta.get("uid"))):
+        log.warning("pod %s/%s carries the labels of run %s of %s but is not controlled by Job %s: ignored",
+                    isj["metadata"]["namespace"], clip(str(pod_meta.get("name")), 100),
+                    (isj.get("status") or {}).get("run"), isj["metadata"]["name"], job["metadata"].get("name"))
+    return True
+
+
+def run_pods(ctx: Context, isj: Mapping[str, Any], job: Mapping[str, Any]) -> RunPods:
+    """The pods of ``job`` (the run's own, see :func:`run_job`): only those it controls count (by uid), and
+    only their valid reports (controller/reports.py); a pod that merely carries the run's labels is
+    logged once and ignored."""
     meta = isj["metadata"]
     run = int((isj.get("status") or {}).get("run") or 0)
+    found = RunPods()
+    registries = run_registries(isj.get("status") or {})
     pods = ctx.kube.list_pods(meta["namespace"], {LABEL_JOB: meta["name"], LABEL_RUN: str(run)})
     pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    found = RunPods()
     for pod in pods:
         pod_meta = pod["metadata"]
+        if foreign_pod(ctx, isj, pod, job):
+            continue
         index_text = (pod_meta.get("annotations") or {}).get(COMPLETION_INDEX) or \
             (pod_meta.get("labels") or {}).get(COMPLETION_INDEX) or "0"
         try:
@@ -259,14 +295,18 @@ def run_pods(ctx: Context, isj: Mapping[str, Any]) -> RunPods:
         except ValueError:
             continue
         raw = (pod_meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
-        if raw:
+        if isinstance(raw, str) and raw:
             try:
-                report = json.loads(raw)
-            except ValueError:
-                log.warning("pod %s has an unreadable progress annotation", pod_meta.get("name"))
-                report = None
-            if isinstance(report, dict):
-                found.reports[index] = report
+                report = parse_report(raw, registries=registries, index=index)
+            except ReportError as exc:
+                if ctx.warned.first(("report", pod_meta.get("uid"), hash(raw))):
+                    log.warning("pod %s/%s: progress report ignored: %s", meta["namespace"], pod_meta.get("name"),
+                                clip(str(exc)))
+            else:
+                if report.dropped and ctx.warned.first(("clipped", pod_meta.get("uid"), hash(raw))):
+                    log.warning("pod %s/%s: progress report clipped: %s", meta["namespace"], pod_meta.get("name"),
+                                clip("; ".join(report.dropped)))
+                found.reports[index] = report.as_dict()
         found.phases[index] = (pod.get("status") or {}).get("phase") or "Pending"
         problem = pod_problem(pod)
         if problem and not pod_meta.get("deletionTimestamp"):
@@ -430,7 +470,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
                 return  # a pod of an older run, or of a deleted ImageSyncJob
             if run_active(isj.get("status") or {}):
-                pods = run_pods(ctx, isj)
+                job = run_job(ctx, isj)
+                if job is None or foreign_pod(ctx, isj, body, job):
+                    return  # the run's Job is gone or not its own, or the pod is not the Job's: nothing new
+                pods = run_pods(ctx, isj, job)
                 folded = fold_live(isj, pods.reports, pods.phases)
                 conditions = workers_condition(isj, pods)
                 if conditions is not None:
@@ -452,7 +495,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             status = isj.get("status") or {}
             if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
                 return  # already folded (a re-delivered event) or an older run
-            pods = run_pods(ctx, isj)
+            if run_job(ctx, isj, body) is not body:
+                return  # a Job that carries the run's labels but is not the run's own: it ends nothing
+            pods = run_pods(ctx, isj, body)
             patch = finish_run(isj, outcome, pods.reports, pods.phases)
             report_logins(ctx, isj, pods.reports)
             after = merged(isj, patch)

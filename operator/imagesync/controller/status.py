@@ -6,6 +6,7 @@ undeclared status fields (tests/controller/test_schemas.py checks it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +18,31 @@ COUNTERS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blo
 Report = Mapping[str, Any]
 
 
+# The handlers fold only reports that passed controller/reports.py; these bounds keep the fold total
+# (no OverflowError, no NaN in the status) whatever it is given.
+_INT_CAP = 2**53
+_RATE_CAP = 1e12
+_TEXT_CAP = 1000
+
+
 def _int(report: Report, key: str) -> int:
     value = report.get(key, 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_CAP else 0
+
+
+def _rate(report: Report) -> float:
+    value = report.get("bytesPerSecond", 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    if isinstance(value, int):
+        return float(value) if 0 <= value <= _RATE_CAP else 0.0
+    return value if math.isfinite(value) and 0.0 <= value <= _RATE_CAP else 0.0
 
 
 def shard_state(report: Report | None, pod_phase: str | None) -> str:
-    if pod_phase == "Failed" and not (report and report.get("done")):
+    if pod_phase == "Failed" and not (report and report.get("done") is True):
         return "Failed"
-    if report and report.get("done"):
+    if report and report.get("done") is True:
         return "Succeeded"
     return "Running" if report is not None or pod_phase == "Running" else "Pending"
 
@@ -47,13 +64,13 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
         if report:
             for key in COUNTERS:
                 progress[key] += _int(report, key)
-            if not report.get("done"):
-                value = report.get("bytesPerSecond", 0)
-                rate += float(value) if isinstance(value, int | float) else 0.0
+            if report.get("done") is not True:
+                rate += _rate(report)
             failed_total += _int(report, "failedImagesTotal") or _int(report, "imagesFailed")
-            for item in report.get("failedImages") or []:
+            items = report.get("failedImages")
+            for item in items if isinstance(items, list) else []:
                 if isinstance(item, Mapping) and len(failed) < FAILED_IMAGES_CAP:
-                    failed.append({k: str(item.get(k, "")) for k in ("source", "target", "reason")})
+                    failed.append({k: str(item.get(k, ""))[:_TEXT_CAP] for k in ("source", "target", "reason")})
         row = {"index": index, "state": shard_state(report, phases.get(index))}
         if report:
             row.update(imagesTotal=_int(report, "imagesTotal"),
@@ -66,7 +83,7 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
     total = progress["imagesTotal"]
     percent = 0.0
     if all_reported:
-        percent = 100.0 if total == 0 and all(r and r.get("done") for r in reports.values()) else \
+        percent = 100.0 if total == 0 and all(r and r.get("done") is True for r in reports.values()) else \
             round(100.0 * done / total, 1) if total else 0.0
     progress["bytesPerSecond"] = round(rate, 1)
     progress["percent"] = percent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import ssl
 from collections.abc import Mapping
@@ -22,6 +23,44 @@ log = logging.getLogger(__name__)
 
 PROGRESS_ANNOTATION = "imagesync.dev/progress"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# The API server refuses a Pod whose annotations together exceed 256 KiB: a report that grew past it
+# (thousands of failures, long registry messages) would stop reaching the operator at all. The report
+# lists at most REPORT_FAILED_IMAGES failures with clipped text and stays under REPORT_BUDGET bytes;
+# the counts (imagesFailed, failedImagesTotal) stay exact. The operator accepts up to 100 failures,
+# 1000-character reasons and 512-character references (controller/reports.py): these are within.
+REPORT_BUDGET = 128 * 1024
+REPORT_FAILED_IMAGES = 50
+REPORT_REASON_CHARS = 1000
+REPORT_REF_CHARS = 512
+REPORT_LOGINS = 64
+
+
+def _clip(value: object, limit: int) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def bounded_report(progress: Mapping[str, Any]) -> str:
+    """``progress`` as the annotation's JSON, bounded: failures capped in number and length, login lists
+    capped, non-finite numbers written as 0 (JSON has no NaN), and the whole under REPORT_BUDGET bytes
+    (failures are dropped from the end of the list until it fits)."""
+    report: dict[str, Any] = {k: (0 if isinstance(v, float) and not math.isfinite(v) else v)
+                              for k, v in progress.items()}
+    failed = [item for item in report.get("failedImages") or [] if isinstance(item, Mapping)]
+    report.setdefault("failedImagesTotal", report.get("imagesFailed", len(failed)))
+    limits = {"source": REPORT_REF_CHARS, "target": REPORT_REF_CHARS, "reason": REPORT_REASON_CHARS}
+    listed = [{k: _clip(v, limits.get(k, REPORT_REF_CHARS)) for k, v in item.items()}
+              for item in failed[:REPORT_FAILED_IMAGES]]
+    for key in ("loginsAccepted", "loginsRejected"):
+        if key in report:
+            report[key] = [_clip(entry, REPORT_REF_CHARS) for entry in report[key] or []][:REPORT_LOGINS]
+    while True:
+        report["failedImages"] = listed
+        text = json.dumps(report, separators=(",", ":"), allow_nan=False)
+        if len(text.encode()) <= REPORT_BUDGET or not listed:
+            return text
+        listed = listed[:len(listed) // 2]
 
 
 class Reporter(Protocol):
@@ -48,7 +87,7 @@ class PodAnnotationReporter:
         self._path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
 
     async def report(self, progress: Mapping[str, Any]) -> None:
-        body = {"metadata": {"annotations": {PROGRESS_ANNOTATION: json.dumps(progress, separators=(",", ":"))}}}
+        body = {"metadata": {"annotations": {PROGRESS_ANNOTATION: bounded_report(progress)}}}
         try:
             response = await self._client.patch(
                 self._path, content=json.dumps(body),

@@ -1,0 +1,231 @@
+"""Worker reports are untrusted input (issue 11, point 4): which pods count, and what a report may say.
+
+A report comes from the ``imagesync.dev/progress`` annotation of a Pod. Anyone who can create or patch
+Pods in the namespace can write one, so before a report reaches the status:
+
+- the Pod must be controlled by the run's Job (``ownerReferences``: ``controller: true``, kind Job, the
+  Job's uid), and the Job by the ImageSyncJob; labels alone prove nothing;
+- the report must parse, as a JSON object, into :class:`ShardReport`: counts are non-negative ints up to
+  :data:`MAX_COUNT`, bytes and rates finite non-negative numbers up to :data:`MAX_BYTES` /
+  :data:`MAX_RATE` (NaN, Infinity and 400-digit numbers are refused, never converted), ``done`` is a
+  bool, a ``shard`` that is present names the Pod's own completion index. Anything else makes the whole
+  report invalid: it is logged and ignored, the previous numbers of that shard are simply not there.
+- text and lists are bounded rather than refused (a real worker's failure reason may be long): strings
+  are clipped (:data:`MAX_REF`, :data:`MAX_REASON`), at most :data:`MAX_FAILED_IMAGES` failures and
+  :data:`MAX_LOGINS` login results are kept, and a login result counts only for a registry the run's
+  credentials cover (``status.credentials``); others are dropped.
+
+Unknown keys are ignored. Everything here is pure; the handlers do the listing and the logging.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# A 256 KiB annotation is the most the API server stores (for all annotations of an object together).
+MAX_RAW = 256 * 1024
+MAX_COUNT = 100_000_000  # images or blobs of one shard
+MAX_BYTES = 2**53  # 8 PiB per shard: exact in a float, and a sum over shards still fits an int64
+MAX_RATE = 1e12  # 1 TB/s
+MAX_REF = 512  # an image reference (source or target)
+MAX_REASON = 1000  # a failure reason
+MAX_FAILED_IMAGES = 100  # failures listed per shard (the count travels in failedImagesTotal)
+MAX_LOGINS = 64  # login results per list
+MAX_LOG = 200  # what of a bad value a log line shows
+
+COUNT_KEYS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
+              "blobsSkipped", "failedImagesTotal")
+
+
+class ReportError(ValueError):
+    """Why a report is ignored (one line, clipped)."""
+
+
+@dataclass(frozen=True)
+class FailedImage:
+    source: str
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    counts: Mapping[str, int]
+    bytes_copied: int
+    bytes_per_second: float
+    done: bool
+    failed_images: tuple[FailedImage, ...] = ()
+    logins_accepted: tuple[str, ...] = ()
+    logins_rejected: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = field(default=(), compare=False)  # what was clipped or dropped, for the log
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shape :func:`imagesync.controller.status.fold_progress` folds (the worker's, known keys only)."""
+        return {
+            **self.counts, "bytesCopied": self.bytes_copied, "bytesPerSecond": self.bytes_per_second,
+            "done": self.done,
+            "failedImages": [{"source": f.source, "target": f.target, "reason": f.reason}
+                             for f in self.failed_images],
+            "loginsAccepted": list(self.logins_accepted), "loginsRejected": list(self.logins_rejected),
+        }
+
+
+def clip(text: str, limit: int = MAX_LOG) -> str:
+    """One line of at most ``limit`` characters (for logs and status)."""
+    line = " ".join(text.split()) if ("\n" in text or "\r" in text) else text
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # more digits than Python converts (4300 by default)
+            return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return clip(repr(value), 60)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ReportError(f"non-finite number {name}")
+
+
+def _count(data: Mapping[str, Any], key: str, limit: int = MAX_COUNT) -> int:
+    value = data.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ReportError(f"{key} is not an integer: {_show(value)}")
+    if not 0 <= value <= limit:
+        raise ReportError(f"{key} is out of range 0..{limit}: {_show(value)}")
+    return value
+
+
+def _number(data: Mapping[str, Any], key: str, limit: float) -> float:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ReportError(f"{key} is not a number: {_show(value)}")
+    # Compare before converting: float() of a 400-digit integer raises OverflowError.
+    if isinstance(value, int):
+        if not 0 <= value <= limit:
+            raise ReportError(f"{key} is out of range 0..{limit:g}: {_show(value)}")
+        return float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= limit:
+        raise ReportError(f"{key} is not a finite number in 0..{limit:g}: {_show(value)}")
+    return value
+
+
+def _string(value: Any, what: str, limit: int, dropped: list[str]) -> str:
+    if not isinstance(value, str):
+        raise ReportError(f"{what} is not a string: {_show(value)}")
+    if len(value) > limit:
+        dropped.append(f"{what} clipped from {len(value)} characters")
+        return value[:limit - 1] + "…"
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str, limit: int, dropped: list[str]) -> list[Any]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReportError(f"{key} is not a list: {_show(value)}")
+    if len(value) > limit:
+        dropped.append(f"{key}: {len(value) - limit} of {len(value)} entries dropped")
+        return value[:limit]
+    return value
+
+
+def _logins(data: Mapping[str, Any], key: str, registries: Collection[str], dropped: list[str]) -> tuple[str, ...]:
+    kept: list[str] = []
+    for entry in _list(data, key, MAX_LOGINS, dropped):
+        name = _string(entry, f"an entry of {key}", MAX_REF, dropped)
+        if name not in registries:
+            dropped.append(f"{key}: {clip(name, 80)!r} is not a registry of this run's credentials")
+        elif name not in kept:
+            kept.append(name)
+    return tuple(kept)
+
+
+def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | None = None) -> ShardReport:
+    """The validated report in an annotation; :class:`ReportError` when it must be ignored.
+
+    ``registries``: the registries whose credentials the run used (a login result for any other is
+    dropped). ``index``: the Pod's completion index (a report naming another shard is refused).
+    """
+    if len(raw) > MAX_RAW:
+        raise ReportError(f"report of {len(raw)} bytes is larger than {MAX_RAW}")
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except ReportError:
+        raise
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an int of more than 4300 digits
+        raise ReportError(f"not valid JSON: {clip(str(exc), 120)}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"not a JSON object but {type(data).__name__}")
+    dropped: list[str] = []
+    counts = {key: _count(data, key) for key in COUNT_KEYS}
+    bytes_copied = int(_number(data, "bytesCopied", MAX_BYTES))
+    rate = _number(data, "bytesPerSecond", MAX_RATE)
+    done = data.get("done", False)
+    if not isinstance(done, bool):
+        raise ReportError(f"done is not a boolean: {_show(done)}")
+    if "shard" in data:
+        shard = _count(data, "shard")
+        if index is not None and shard != index:
+            raise ReportError(f"report of shard {shard} on the pod of shard {index}")
+    failed: list[FailedImage] = []
+    for item in _list(data, "failedImages", MAX_FAILED_IMAGES, dropped):
+        if not isinstance(item, dict):
+            raise ReportError(f"an entry of failedImages is not an object: {_show(item)}")
+        failed.append(FailedImage(
+            _string(item.get("source", ""), "failedImages source", MAX_REF, dropped),
+            _string(item.get("target", ""), "failedImages target", MAX_REF, dropped),
+            _string(item.get("reason", ""), "failedImages reason", MAX_REASON, dropped)))
+    return ShardReport(counts, bytes_copied, rate, done, tuple(failed),
+                       _logins(data, "loginsAccepted", registries, dropped),
+                       _logins(data, "loginsRejected", registries, dropped), tuple(dropped))
+
+
+# -- which pods and jobs count --------------------------------------------------------------------
+
+
+def controller_uid(obj: Mapping[str, Any], kind: str) -> str | None:
+    """The uid of ``obj``'s controller when it is of ``kind`` (ownerReferences, controller: true)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return str(ref.get("uid")) if ref.get("kind") == kind and ref.get("uid") else None
+    return None
+
+
+def controlled_by(obj: Mapping[str, Any], kind: str, uid: str | None) -> bool:
+    return bool(uid) and controller_uid(obj, kind) == uid
+
+
+def run_registries(status: Mapping[str, Any]) -> frozenset[str]:
+    """The registries whose credentials a run used (``status.credentials``: [{registry, name}])."""
+    return frozenset(str(entry["registry"]) for entry in status.get("credentials") or []
+                     if isinstance(entry, Mapping) and isinstance(entry.get("registry"), str))
+
+
+class Once:
+    """Remembers the last ``size`` keys seen: a bad report or a foreign pod is logged once, not on
+    every event that re-reads it."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._seen: OrderedDict[Any, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()  # kopf runs synchronous handlers in threads
+
+    def first(self, key: Any) -> bool:
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+            return True
