@@ -24,6 +24,7 @@ import kopf
 
 from imagesync.controller import credentials as creds
 from imagesync.controller.kube import CREDS_PLURAL, GROUP, JOBS_PLURAL, VERSION, Kube
+from imagesync.controller.metrics import Metrics
 from imagesync.controller.render import (
     LABEL_JOB,
     LABEL_RUN,
@@ -75,6 +76,7 @@ class Context:
     settings: OperatorSettings
     schedule_interval: float = 30.0
     credential_check_interval: float = 300.0
+    metrics: Metrics = field(default_factory=Metrics)  # observe() after every ImageSyncJob status patch
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     warned: Once = field(default_factory=Once)  # foreign pods and bad reports are logged once each
@@ -452,14 +454,17 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         patch.status.update(with_kstatus(body, reconcile(ctx, body, "created"), now_iso()))
+        ctx.metrics.observe(merged(body, patch.status))
 
     @jobs.update(GROUP, VERSION, JOBS_PLURAL, field="spec", registry=registry)
     def isj_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         patch.status.update(with_kstatus(body, reconcile(ctx, body, "spec changed"), now_iso()))
+        ctx.metrics.observe(merged(body, patch.status))
 
     @jobs.resume(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         patch.status.update(with_kstatus(body, reconcile(ctx, body, "resume"), now_iso()))
+        ctx.metrics.observe(merged(body, patch.status))
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -480,6 +485,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                     folded["conditions"] = conditions
                 ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"],
                                           with_kstatus(isj, folded, now_iso()))
+                ctx.metrics.observe(merged(isj, folded))
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -505,6 +511,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
                 patch.update(reconcile(ctx, after, "queued spec change"))
             ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], with_kstatus(isj, patch, now_iso()))
+            ctx.metrics.observe(after)  # the finished run, even when a queued run replaced it in the same patch
+            ctx.metrics.observe(merged(isj, patch))
             prune_runs(ctx, isj, int(meta["labels"][LABEL_RUN]))
 
     @kopf.timer(GROUP, VERSION, JOBS_PLURAL, interval=ctx.schedule_interval, registry=registry,
@@ -524,6 +532,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         update["lastScheduleTime"] = iso(now)
         update["nextScheduleTime"] = iso(next_fire(cron, now))
         patch.status.update(with_kstatus(body, update, now_iso()))
+        ctx.metrics.observe(merged(body, patch.status))
 
     def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:
         spec = body.get("spec") or {}
@@ -555,6 +564,13 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def credential_recheck(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         # A Secret created, fixed or deleted after the RegistryCredential shows up here.
         check_credential(body, patch)
+
+    @kopf.on.event(GROUP, VERSION, JOBS_PLURAL, registry=registry,
+                   when=lambda type, **_: type == "DELETED")
+    def isj_deleted(body: kopf.Body, **_: Any) -> None:
+        ctx.metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+
+    ctx.metrics.count_handler_errors(registry)  # reconcile errors by handler, in every handler above
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

@@ -16,7 +16,16 @@ import kubernetes
 
 from imagesync.controller.handlers import Context, configure, register
 from imagesync.controller.kube import Kube
-from imagesync.controller.settings import OperatorSettings, SettingsError, own_image
+from imagesync.controller.metrics import Metrics, health_endpoint
+from imagesync.controller.settings import (
+    DEFAULT_BIND_ADDRESS,
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_METRICS_PORT,
+    OperatorSettings,
+    SettingsError,
+    own_image,
+    port_setting,
+)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -32,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "with IMAGESYNC_POD_NAME/IMAGESYNC_POD_NAMESPACE set: the operator's own image)")
     parser.add_argument("--log-format", choices=["plain", "json"], help="env IMAGESYNC_LOG_FORMAT")
     parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use (default: in-cluster)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics at /metrics on "
+                        f"this port, 0 for none (env IMAGESYNC_METRICS_PORT; default {DEFAULT_METRICS_PORT})")
+    parser.add_argument("--health-port", type=int, metavar="PORT", help="serve kopf's health endpoint /healthz "
+                        "(liveness and readiness probes) on this port, 0 for none (env IMAGESYNC_HEALTH_PORT; "
+                        f"default {DEFAULT_HEALTH_PORT})")
+    parser.add_argument("--bind-address", metavar="ADDRESS", help="address of the metrics and health endpoints "
+                        f"(env IMAGESYNC_BIND_ADDRESS; default {DEFAULT_BIND_ADDRESS}: every interface)")
     return parser
 
 
@@ -42,6 +58,9 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         worker_image=args.worker_image or base.worker_image,
         worker_service_account=base.worker_service_account,
         log_format=args.log_format or base.log_format,
+        bind_address=args.bind_address or base.bind_address,
+        metrics_port=port_setting(args.metrics_port, "--metrics-port", base.metrics_port),
+        health_port=port_setting(args.health_port, "--health-port", base.health_port),
     )
 
 
@@ -87,6 +106,20 @@ def connection_info(configuration: kubernetes.client.Configuration) -> kopf.Conn
         certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
 
 
+async def run(registry: kopf.OperatorRegistry, ctx: Context, **options: Any) -> None:
+    """kopf with the operator's endpoints beside it: /metrics (prometheus_client's server, in a thread)
+    and kopf's own health endpoint for the probes. ``options`` go to kopf.operator()."""
+    settings = ctx.settings
+    server = ctx.metrics.serve(settings.bind_address, settings.metrics_port) if settings.metrics_port else None
+    try:
+        await kopf.operator(registry=registry, namespaces=list(settings.namespaces),
+                            clusterwide=not settings.namespaces,
+                            liveness_endpoint=health_endpoint(settings.bind_address, settings.health_port), **options)
+    finally:
+        if server is not None:
+            server.close()
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     try:
@@ -103,14 +136,17 @@ def main(argv: Sequence[str]) -> int:
         source = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config or the in-cluster ServiceAccount"
         print(f"imagesync operator: error: cannot load Kubernetes credentials from {source}: {exc}", file=sys.stderr)
         return 2
-    kube = Kube(kubernetes.client.ApiClient(configuration))
+    metrics = Metrics()
+    api_client = kubernetes.client.ApiClient(configuration)
+    metrics.count_api_errors(api_client)
+    kube = Kube(api_client)
     try:
         settings = with_own_image(settings, args, kube)
     except kubernetes.client.ApiException as exc:
         print(f"imagesync operator: error: cannot read its own Pod to learn the worker image "
               f"(set IMAGESYNC_WORKER_IMAGE instead): {exc.status} {exc.reason}", file=sys.stderr)
         return 2
-    ctx = Context(kube, settings)
+    ctx = Context(kube, settings, metrics=metrics)
     register(registry, ctx)
 
     @kopf.on.login(registry=registry)
@@ -125,6 +161,5 @@ def main(argv: Sequence[str]) -> int:
         configure(settings)
 
     logging.getLogger("imagesync").setLevel(logging.INFO)
-    asyncio.run(kopf.operator(registry=registry, namespaces=list(settings.namespaces),
-                              clusterwide=not settings.namespaces, standalone=True))
+    asyncio.run(run(registry, ctx, standalone=True))
     return 0

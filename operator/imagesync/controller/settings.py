@@ -16,6 +16,9 @@ DEFAULT_WORKER_DEADLINE_SECONDS = 24 * 3600
 # Jobs of spec.historyLimit runs, and a Job deleted before the operator folded its pods' final reports (the
 # operator down or slow) would leave that run without an outcome. A value, if set, must leave room for that.
 MIN_WORKER_TTL_SECONDS = 3600
+DEFAULT_BIND_ADDRESS = "0.0.0.0"  # every interface: Prometheus and the kubelet reach the Pod IP
+DEFAULT_METRICS_PORT = 8080
+DEFAULT_HEALTH_PORT = 8081
 
 
 class SettingsError(ValueError):
@@ -47,6 +50,19 @@ def worker_ttl_from(env: Mapping[str, str]) -> int | None:
                            MIN_WORKER_TTL_SECONDS)
 
 
+def port_setting(value: str | int | None, name: str, default: int) -> int:
+    """A TCP port from an env variable or flag: empty means the default, 0 turns the endpoint off."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        port = int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected a port number (0 to turn it off)") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{name}={value!r}: expected a port number from 0 to 65535")
+    return port
+
+
 def own_image(pod: Mapping[str, object], container: str = "operator") -> str | None:
     """The image of the operator's own container in its Pod (the API's JSON form): the default worker
     image, so one image setting (kustomize's `images:`) covers operator and workers alike."""
@@ -72,6 +88,9 @@ class OperatorSettings:
     # and IMAGESYNC_WORKER_TTL_SECONDS (default none; at least an hour), see above.
     worker_deadline_seconds: int | None = field(default_factory=lambda: worker_deadline_from(os.environ))
     worker_ttl_seconds: int | None = field(default_factory=lambda: worker_ttl_from(os.environ))
+    bind_address: str = DEFAULT_BIND_ADDRESS  # of the metrics and health endpoints
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0: no /metrics
+    health_port: int = DEFAULT_HEALTH_PORT  # 0: no health endpoint
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -87,4 +106,8 @@ class OperatorSettings:
             log_format=log_format,
             worker_deadline_seconds=worker_deadline_from(env),
             worker_ttl_seconds=worker_ttl_from(env),
+            bind_address=env.get("IMAGESYNC_BIND_ADDRESS", "").strip() or DEFAULT_BIND_ADDRESS,
+            metrics_port=port_setting(env.get("IMAGESYNC_METRICS_PORT"), "IMAGESYNC_METRICS_PORT",
+                                      DEFAULT_METRICS_PORT),
+            health_port=port_setting(env.get("IMAGESYNC_HEALTH_PORT"), "IMAGESYNC_HEALTH_PORT", DEFAULT_HEALTH_PORT),
         )

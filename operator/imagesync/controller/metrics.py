@@ -1,0 +1,296 @@
+"""Prometheus metrics of the operator: per ImageSyncJob, folded from its status, and the operator's own errors.
+
+The workers are short-lived Pods (a run may last seconds): a scrape would miss most of them, so they serve
+no endpoint. Their counts reach Prometheus through the operator, which already folds the workers' reports
+into each ImageSyncJob's status; the handlers call :meth:`Metrics.observe` after every status patch, and
+the pure :func:`fold` turns "what was seen before" plus the new status into metric values.
+
+Every metric lives in a registry of its own (not prometheus_client's global one), so tests can run
+several operators in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import start_http_server
+
+PHASES = ("Pending", "Running", "Succeeded", "PartiallyFailed", "Failed", "Suspended")
+RESULTS = ("Succeeded", "PartiallyFailed", "Failed")  # the phases a finished run ends in
+OUTCOMES = {"synced": "imagesSynced", "skipped": "imagesSkipped", "failed": "imagesFailed"}
+JOB_LABELS = ("namespace", "name")
+
+
+def timestamp(value: object) -> float | None:
+    """An RFC 3339 status time as Unix seconds (None when absent or unreadable)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def _count(progress: Mapping[str, Any], key: str) -> int:
+    value = progress.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the operator remembers of one ImageSyncJob between observations (in memory only)."""
+
+    run: int = 0
+    bytes_copied: int = 0  # the run's bytesCopied at the last observation
+    counted_run: int = 0  # the last finished run counted in runs_total (or found finished at first sight)
+    last_duration: float | None = None
+    last_completion: float | None = None
+    last_success: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Metric values for one ImageSyncJob after one status change."""
+
+    phase: str | None
+    images: dict[str, int]
+    bytes_increase: int
+    finished: str | None  # the result of a run that finished since the previous observation
+    last_duration: float | None
+    last_completion: float | None
+    last_success: float | None
+
+
+def fold(seen: Seen | None, status: Mapping[str, Any]) -> tuple[Seen, Observation]:
+    """Pure: the previous memory and the new status -> the new memory and the metric values.
+
+    Bytes count only increases within one run: a new run starts again from its own zero, and a shard's
+    retried pod (whose report replaces its predecessor's, so the sum drops) counts from the lower value.
+    At first sight (a new ImageSyncJob, or any after an operator restart) nothing already in the status is
+    counted: this process did not see it happen, and Prometheus already has it from the previous process.
+    """
+    first = seen is None
+    before = seen or Seen()
+    run = status.get("run")
+    run = run if isinstance(run, int) and not isinstance(run, bool) and run > 0 else 0
+    progress = status.get("progress")
+    progress = progress if isinstance(progress, Mapping) else {}
+    copied = _count(progress, "bytesCopied")
+    if first:
+        increase = 0
+    elif run != before.run:
+        increase = copied  # a new run: everything it copied so far is new
+    else:
+        increase = max(0, copied - before.bytes_copied)
+
+    phase = status.get("phase") if status.get("phase") in PHASES else None
+    completion = timestamp(status.get("completionTime"))
+    # A finished run: its number, its end, a final phase, and the Job named after it (a run refused before
+    # it started, such as IndexedJobsUnsupported, leaves the previous run's Job name and times behind).
+    finished_now = run > 0 and completion is not None and phase in RESULTS \
+        and str(status.get("jobName") or "").endswith(f"-r{run}")
+    after = dataclasses.replace(before, run=run, bytes_copied=copied)
+    finished = None
+    if finished_now and run > before.counted_run:
+        start = timestamp(status.get("startTime"))
+        after = dataclasses.replace(
+            after, counted_run=run, last_completion=completion,
+            last_duration=max(0.0, completion - start) if completion is not None and start is not None else None,
+            last_success=completion if phase == "Succeeded" else before.last_success)
+        finished = None if first else phase
+    images = {outcome: _count(progress, key) for outcome, key in OUTCOMES.items()}
+    return after, Observation(phase=phase, images=images, bytes_increase=increase, finished=finished,
+                              last_duration=after.last_duration, last_completion=after.last_completion,
+                              last_success=after.last_success)
+
+
+def phase_values(phase: str | None) -> dict[str, float]:
+    """One series per phase, 1 for the current one (kube-state-metrics' style for kube_pod_status_phase)."""
+    return {p: 1.0 if p == phase else 0.0 for p in PHASES}
+
+
+def _job_key(isj: Mapping[str, Any]) -> tuple[str, str] | None:
+    meta = isj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    namespace, name = meta.get("namespace"), meta.get("name")
+    return (namespace, name) if isinstance(namespace, str) and isinstance(name, str) else None
+
+
+class Metrics:
+    """The operator's metrics in a registry of its own; thread-safe (kopf runs the handlers in threads)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.phase = Gauge("imagesync_job_status_phase",
+                           "ImageSyncJob phase: 1 for the current phase, 0 for the others", [*JOB_LABELS, "phase"],
+                           registry=r)
+        self.images = Gauge("imagesync_job_run_images", "Images of the current or last run by outcome so far "
+                            "(synced, skipped as already up to date, failed)", [*JOB_LABELS, "outcome"], registry=r)
+        self.bytes = Counter("imagesync_job_copied_bytes", "Bytes of blobs copied by the ImageSyncJob's runs "
+                             "(as the workers report them; mounts and skipped blobs copy none)", JOB_LABELS,
+                             registry=r)
+        self.runs = Counter("imagesync_job_runs", "Finished runs by result (Succeeded, PartiallyFailed, Failed)",
+                            [*JOB_LABELS, "result"], registry=r)
+        self.duration = Gauge("imagesync_job_last_run_duration_seconds", "Duration of the last finished run",
+                              JOB_LABELS, registry=r)
+        self.completion = Gauge("imagesync_job_last_run_completion_timestamp_seconds",
+                                "When the last finished run ended (Unix time)", JOB_LABELS, registry=r)
+        self.success = Gauge("imagesync_job_last_success_timestamp_seconds",
+                             "When the last Succeeded run ended (Unix time; known once this operator process saw "
+                             "a run succeed, or found the last run Succeeded)", JOB_LABELS, registry=r)
+        self.reconcile_errors = Counter("imagesync_operator_reconcile_errors",
+                                        "Exceptions raised by the operator's handlers (kopf retries or logs them)",
+                                        ["handler"], registry=r)
+        self.api_errors = Counter("imagesync_operator_kubernetes_api_errors",
+                                  "Failed Kubernetes API requests of the handlers by HTTP status code ('0' when no "
+                                  "response: connection, TLS, timeout); 404 and 409 include answers the handlers "
+                                  "expect (gone or exists already)", ["code"], registry=r)
+        self._seen: dict[tuple[str, str], Seen] = {}
+        self._lock = threading.Lock()
+
+    # -- per ImageSyncJob ---------------------------------------------------------------------------
+
+    def observe(self, isj: Mapping[str, Any]) -> None:
+        """Fold the ImageSyncJob's status (as just patched) into its series."""
+        key = _job_key(isj)
+        if key is None:
+            return
+        status = isj.get("status")
+        with self._lock:
+            seen, values = fold(self._seen.get(key), status if isinstance(status, Mapping) else {})
+            self._seen[key] = seen
+            for phase, value in phase_values(values.phase).items():
+                self.phase.labels(*key, phase).set(value)
+            for outcome, count in values.images.items():
+                self.images.labels(*key, outcome).set(count)
+            self.bytes.labels(*key).inc(values.bytes_increase)
+            for result in RESULTS:  # every result present from the start: rate() needs the zero
+                self.runs.labels(*key, result).inc(1 if result == values.finished else 0)
+            gauges = ((self.duration, values.last_duration), (self.completion, values.last_completion),
+                      (self.success, values.last_success))
+            for gauge, known in gauges:
+                if known is not None:
+                    gauge.labels(*key).set(known)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The ImageSyncJob is gone: remove its series."""
+        key = (namespace, name)
+        with self._lock:
+            self._seen.pop(key, None)
+            for phase in PHASES:
+                self.phase.remove(*key, phase)
+            for outcome in OUTCOMES:
+                self.images.remove(*key, outcome)
+            for result in RESULTS:
+                self.runs.remove(*key, result)
+            for metric in (self.bytes, self.duration, self.completion, self.success):
+                metric.remove(*key)
+
+    # -- operator-level ---------------------------------------------------------------------------
+
+    def count_handler_errors(self, registry: kopf.OperatorRegistry) -> None:
+        """Wrap every resource handler in ``registry`` so that an exception it raises counts in
+        reconcile_errors_total{handler=<kopf's handler id without the function's qualifiers>} (kopf still
+        sees the exception and retries or logs it).
+
+        kopf has no hook for handler failures, so this replaces the handler objects in its registries
+        (internals of kopf 1.45, which pyproject pins; tests/controller/test_metrics.py checks them).
+        """
+        for kind in ("_changing", "_watching", "_spawning"):
+            handlers = getattr(getattr(registry, kind), "_handlers")  # noqa: B009 (private: say so loudly)
+            for index, handler in enumerate(handlers):
+                if getattr(handler.fn, "_imagesync_counted", False):
+                    continue
+                label = str(handler.id).rpartition("<locals>.")[2]  # register.<locals>.isj_created -> isj_created
+                handlers[index] = dataclasses.replace(handler, fn=self._counting(handler.fn, label))
+
+    def _counting(self, fn: Callable[..., Any], handler_id: str) -> Callable[..., Any]:
+        errors = self.reconcile_errors.labels(handler_id)
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)  # kopf unwraps __wrapped__ to tell sync from async handlers
+            async def counted_async(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception:
+                    errors.inc()
+                    raise
+            counted: Callable[..., Any] = counted_async
+        else:
+            @functools.wraps(fn)
+            def counted_sync(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception:
+                    errors.inc()
+                    raise
+            counted = counted_sync
+        counted._imagesync_counted = True  # type: ignore[attr-defined]
+        return counted
+
+    def count_api_errors(self, api_client: Any) -> None:
+        """Count the failed requests of a kubernetes ApiClient (every call goes through its call_api)."""
+        call_api = api_client.call_api
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                response = call_api(*args, **kwargs)
+            except Exception as exc:
+                self.api_errors.labels(str(getattr(exc, "status", 0) or 0)).inc()
+                raise
+            status = getattr(response, "status", 200)
+            if isinstance(status, int) and status >= 400:
+                self.api_errors.labels(str(status)).inc()
+            return response
+        api_client.call_api = counted
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def serve(self, address: str, port: int) -> MetricsServer:
+        """Serve /metrics (any path, in fact) on ``address:port`` from a daemon thread: scrapes are
+        answered even while the event loop is busy."""
+        server, thread = start_http_server(port, address, registry=self.registry)
+        return MetricsServer(server, thread)
+
+    def series(self) -> Iterable[str]:
+        """The metric names (for docs and tests)."""
+        return sorted(m.name for m in self.registry.collect())
+
+
+@dataclass
+class MetricsServer:
+    server: Any
+    thread: threading.Thread
+    port: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.port = int(self.server.server_port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def health_endpoint(address: str, port: int) -> str | None:
+    """kopf's liveness endpoint URL (None when disabled with port 0); the probes GET it."""
+    if not port:
+        return None
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}/healthz"
+
+
+__all__ = ["Metrics", "MetricsServer", "Observation", "Seen", "fold", "health_endpoint", "phase_values"]
