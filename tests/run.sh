@@ -23,7 +23,7 @@ if [ "$#" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${IMAGESYNC_SKIP_E2E:-}" != 
 
     echo "==> e2e, played kubelet: control plane only (API server, controllers) on loopback"
     kubeconfig="$(LOCAL_CLUSTER_NODE=0 bash tests/e2e/local-cluster.sh start)"
-    KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_PLAY_KUBELET=1 e2e
+    KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_PLAY_KUBELET=1 IMAGESYNC_E2E_AUDIT_LOG="$(dirname "$kubeconfig")/audit.log" e2e
 
     echo "==> e2e, real node: the image, deploy/ installed with kubectl apply -k, workers on a kubelet"
     image="$(bash tests/image/build.sh)"
@@ -33,7 +33,7 @@ if [ "$#" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${IMAGESYNC_SKIP_E2E:-}" != 
     ( source tests/image/podman-env.sh
       podman push -q --tls-verify=false "$image" "$IMAGE_REGISTRY/imagesync:e2e" )
     KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_OPERATOR_IMAGE="$IMAGE_REGISTRY/imagesync:e2e" \
-        IMAGESYNC_E2E_NODE_ADDRESS="$NODE_ADDRESS" e2e
+        IMAGESYNC_E2E_NODE_ADDRESS="$NODE_ADDRESS" IMAGESYNC_E2E_AUDIT_LOG="$AUDIT_LOG" e2e
     echo "==> e2e: the cluster stopped leaves nothing behind"
     bash tests/e2e/local-cluster.sh stop
     bash tests/e2e/local-cluster.sh leftovers

@@ -13,7 +13,8 @@
 #
 #   bash tests/e2e/local-cluster.sh build   # once: about 25 min on 2 cores, into $K8S_HOME
 #   bash tests/e2e/local-cluster.sh start   # prints the KUBECONFIG path; $K8S_HOME/run/cluster.env has
-#                                           # IMAGE_REGISTRY (host:port) and NODE_ADDRESS for tests
+#                                           # IMAGE_REGISTRY (host:port), NODE_ADDRESS and AUDIT_LOG (every
+#                                           # request of a ServiceAccount) for tests
 #   LOCAL_CLUSTER_NODE=0 bash tests/e2e/local-cluster.sh start   # control plane only, on 127.0.0.1
 #                                           # (no kubelet: run the suite with IMAGESYNC_E2E_PLAY_KUBELET=1)
 #   bash tests/e2e/local-cluster.sh stop    # removes all it made: processes, mounts, network namespaces,
@@ -139,6 +140,16 @@ control_plane() {  # etcd, kube-apiserver, kube-controller-manager (and kube-sch
     local address=$1 token etcd_port etcd_peer api_port
     token=$(openssl rand -hex 24)
     printf '%s,admin,admin,system:masters\n' "$token" >tokens.csv
+    # Every request a ServiceAccount makes (the operator's, the workers'), for the e2e RBAC check.
+    cat >audit-policy.yaml <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOF
     etcd_port=$(free_port) etcd_peer=$(free_port) api_port=$(free_port "$address")
     spawn etcd etcd --data-dir "$RUN/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
         --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$etcd_peer"
@@ -150,7 +161,8 @@ control_plane() {  # etcd, kube-apiserver, kube-controller-manager (and kube-sch
         --token-auth-file tokens.csv --authorization-mode RBAC \
         --service-account-issuer https://kubernetes.default.svc --api-audiences https://kubernetes.default.svc \
         --service-account-key-file sa.pub --service-account-signing-key-file sa.key \
-        --service-cluster-ip-range "$SERVICE_CIDR"
+        --service-cluster-ip-range "$SERVICE_CIDR" \
+        --audit-policy-file audit-policy.yaml --audit-log-path "$RUN/audit.log"
     cat >kubeconfig <<EOF
 apiVersion: v1
 kind: Config
@@ -326,8 +338,8 @@ start() {
     if [ "$NODE" = 1 ]; then
         node "$registry"
     fi
-    printf 'KUBECONFIG=%s\nIMAGE_REGISTRY=%s\nNODE_ADDRESS=%s\n' "$RUN/kubeconfig" "$registry" \
-        "$([ "$NODE" = 1 ] && echo "$GATEWAY")" >"$RUN/cluster.env"
+    printf 'KUBECONFIG=%s\nIMAGE_REGISTRY=%s\nNODE_ADDRESS=%s\nAUDIT_LOG=%s\n' "$RUN/kubeconfig" "$registry" \
+        "$([ "$NODE" = 1 ] && echo "$GATEWAY")" "$RUN/audit.log" >"$RUN/cluster.env"
     echo "$RUN/kubeconfig"
 }
 

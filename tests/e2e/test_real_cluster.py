@@ -256,9 +256,10 @@ def installed_operator(api: Any, namespace: str, tmp_path_factory: pytest.TempPa
     custom = kubernetes.client.CustomObjectsApi(api)
     custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, "imagesyncjobs")
     kubectl("-n", namespace, "wait", "--for=delete", "imagesyncjobs", "--all", "--timeout=120s")
-    # Uninstall what the install added but the CRDs, which the suite shares (as the namespace fixture does).
-    kubectl("delete", "--wait=false", "namespace/" + OPERATOR_NAMESPACE, "clusterrole/imagesync-operator",
-            "clusterrolebinding/imagesync-operator")
+    # Uninstall what the install added but the CRDs, which the suite shares (as the namespace fixture does):
+    # the operator first, then its rights (the other way round it logs refused calls while it stops).
+    kubectl("delete", "namespace/" + OPERATOR_NAMESPACE, "--timeout=120s")
+    kubectl("delete", "--wait=false", "clusterrole/imagesync-operator", "clusterrolebinding/imagesync-operator")
 
 
 def operator_pods(api: Any) -> list[Any]:
@@ -739,7 +740,7 @@ async def test_private_registries_through_secrets_and_no_credential_leaks(
     for name, host, secret in (("private-source", source.host, "source-login"),
                                ("private-target", target.host, "target-login"),
                                ("locked-source", source.host, "wrong-login")):
-        cluster.create("registrycredentials", name, {"registry": host, "insecure": True,
+        cluster.create("registrycredentials", name, {"registry": host, "plainHTTP": True,  # a login in clear: asked for
                                                      "secretRef": {"name": secret}})
     cluster.create("imagesyncjobs", "private", {
         "images": {f"{source.host}/private/app:1": f"{target.host}/copy/app"},
@@ -916,3 +917,65 @@ async def test_pods_run_confined_under_the_container_runtime(api: Any, cluster: 
     assert container.allow_privilege_escalation is False
     (terminated,) = [c.state.terminated for c in worker.status.container_statuses]
     assert terminated.exit_code == 0, terminated
+
+    # The operator's own endpoints, from its pod address as Prometheus and the kubelet reach them: the
+    # probes' health endpoint, and the run above in its metrics. The probes kept it running.
+    import httpx
+
+    (operator_pod,) = operator_pods(api)
+    assert operator_pod.status.container_statuses[0].restart_count == 0
+    address = operator_pod.status.pod_ip
+    assert httpx.get(f"http://{address}:8081/healthz", timeout=10).status_code == 200
+    metrics = httpx.get(f"http://{address}:8080/metrics", timeout=10).text
+    labels = f'name="confined",namespace="{cluster.namespace}"'
+    assert f'imagesync_job_status_phase{{{labels},phase="Succeeded"}} 1.0' in metrics
+    assert f'imagesync_job_runs_total{{{labels},result="Succeeded"}} 1.0' in metrics
+
+
+# -- least privilege, measured: last in this file, so it sees every call the runs above made ----------
+
+
+def granted(documents: list[dict[str, Any]], kind: str) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) triples a Role or ClusterRole of deploy/ grants."""
+    (role,) = [d for d in documents if d["kind"] == kind]
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: str) -> None:
+    """The API server's audit log of this module's runs (every request of a ServiceAccount): each call the
+    operator and the workers made was granted by deploy/'s RBAC, none was refused, and no grant went unused."""
+    path = os.environ.get("IMAGESYNC_E2E_AUDIT_LOG")
+    if not path:
+        pytest.skip("needs the API server's audit log (IMAGESYNC_E2E_AUDIT_LOG; tests/e2e/local-cluster.sh has one)")
+    operator = f"system:serviceaccount:{OPERATOR_NAMESPACE if INSTALLED else namespace}:imagesync-operator"
+    worker = f"system:serviceaccount:{namespace}:imagesync-worker"
+    calls: dict[str, set[tuple[str, str, str]]] = {operator: set(), worker: set()}
+    refused = []
+    for line in Path(path).read_text().splitlines():
+        event = json.loads(line)
+        user, ref = event["user"]["username"], event.get("objectRef") or {}
+        if user not in calls or not ref.get("resource"):  # other accounts; discovery and /version
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        call = (ref.get("apiGroup", ""), resource, event["verb"])
+        calls[user].add(call)
+        if (event.get("responseStatus") or {}).get("code") == 403:
+            refused.append((user, call))
+    deploy = load_yaml_dir(ROOT / "deploy")
+    # Grants for paths this module does not take, each exercised elsewhere: a RegistryCredential's CA
+    # bundle from a ConfigMap (the kmock flow tests); kopf watches namespaces only when told which to
+    # watch (the played-kubelet stage's operator is; the installed one watches all); it reads its own Pod
+    # only when it runs in one (installed).
+    elsewhere = {("", "configmaps", "get")}
+    if INSTALLED:
+        elsewhere |= {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    else:
+        elsewhere.add(("", "pods", "get"))
+    assert calls[operator] and calls[worker], "the runs above made calls as both accounts"
+    assert not refused, refused
+    for user, kind in ((operator, "ClusterRole"), (worker, "Role")):
+        grants = granted(deploy, kind)
+        assert calls[user] <= grants, f"{user} made calls its {kind} does not grant: {calls[user] - grants}"
+        unused = grants - calls[user] - elsewhere
+        assert not unused, f"{kind} grants {user} more than it used: {sorted(unused)}"
