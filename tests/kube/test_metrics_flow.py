@@ -26,6 +26,8 @@ from imagesync.controller.kube import Kube
 from imagesync.controller.main import run
 from imagesync.controller.metrics import Metrics
 from imagesync.controller.settings import OperatorSettings
+from imagesync.engine.reference import parse_image
+from imagesync.engine.rules import ImagePair, shard_of
 from testbed import seed
 from testbed.registry import RegistryProcess
 
@@ -120,12 +122,19 @@ async def wait_scrape(cluster: Cluster, url: str, what: str, check: Any, timeout
 
 async def test_metrics_during_and_after_a_run(cluster: Cluster, served: Endpoints, player: JobPlayer,
                                               registry: RegistryProcess, registry2: RegistryProcess) -> None:
-    for i in range(4):
+    # Two images per shard (shards hash the target, whose port is random): shard 0 alone is a part.
+    by_shard: dict[int, list[int]] = {0: [], 1: []}
+    for i in range(64):
+        pair = ImagePair(parse_image(f"{registry.host}/team/app{i}:1"),
+                         parse_image(f"{registry2.host}/mirror/app{i}:1"), "")
+        by_shard[shard_of(pair, 2)].append(i)
+    apps = by_shard[0][:2] + by_shard[1][:2]
+    for i in apps:
         seed.push_image(registry, f"team/app{i}", "1", layers=(150_000,), seed=i)
     await cluster.create(regcred("source", registry.host))
     await cluster.create(regcred("target", registry2.host))
     await cluster.create(isj("mirror", {f"{registry.host}/team/app{i}:1": f"{registry2.host}/mirror/app{i}"
-                                        for i in range(4)}, parallelism=2))
+                                        for i in apps}, parallelism=2))
     await cluster.wait_status("mirror", lambda s: s.get("jobName") == "mirror-r1", "run 1")
     job = await player.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/mirror-r1")
     labels = job_labels("mirror")
