@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from kube.conftest import Cluster, Operator
 from kube.jobplayer import JobPlayer
 from kube.objects import NAMESPACE, basic_auth_secret, dockerconfig_secret, isj, regcred
@@ -300,7 +301,15 @@ async def test_finished_runs_drop_their_credentials_and_old_runs_are_pruned(clus
     await cluster.wait_for("run 2's Secret deleted", lambda: run_secrets() == [])
 
 
-async def test_stuck_workers_are_shown_and_a_fix_replaces_the_run(cluster: Cluster, operator: Operator,
+@pytest.fixture
+def allow_registry_example_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator started after this allows spec.worker.image under registry.example.com/ (issue 11, point 8:
+    by default only the worker image's own repository)."""
+    monkeypatch.setenv("IMAGESYNC_ALLOWED_WORKER_IMAGES", "registry.example.com/")
+
+
+async def test_stuck_workers_are_shown_and_a_fix_replaces_the_run(allow_registry_example_images: None,
+                                                                  cluster: Cluster, operator: Operator,
                                                                   player: JobPlayer) -> None:
     path = f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/typo"
     await cluster.create(isj("typo", {"r.example.com/a/app:1": "t.example.com/a/app"},

@@ -25,6 +25,8 @@ import kopf
 from imagesync.controller import credentials as creds
 from imagesync.controller.kube import CREDS_PLURAL, GROUP, JOBS_PLURAL, VERSION, Kube
 from imagesync.controller.metrics import Metrics
+from imagesync.controller.policy import REASON as WORKER_NOT_ALLOWED
+from imagesync.controller.policy import refusal_message, worker_refusals
 from imagesync.controller.render import (
     LABEL_JOB,
     LABEL_RUN,
@@ -139,13 +141,23 @@ def resolve_from_cluster(ctx: Context, namespace: str, regcred: Mapping[str, Any
     return creds.resolve_credential(regcred, secret, ca_source)
 
 
-def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    """Create the next run's Secret and Job; return the status patch. Idempotent by deterministic names."""
-    meta, status = isj["metadata"], isj.get("status") or {}
+def admitted_spec(ctx: Context, isj: Mapping[str, Any]) -> JobSpec:
+    """The parsed spec, when it is valid and its spec.worker choices are allowed by the operator's settings
+    (controller/policy.py); else RunBlocked on Valid (InvalidSpec or WorkerNotAllowed): no Job is created."""
     try:
         spec = parse_job_spec(isj.get("spec"))
     except SpecError as exc:
         raise RunBlocked("Valid", "InvalidSpec", str(exc)) from exc
+    refusals = worker_refusals(spec.worker, ctx.settings)
+    if refusals:
+        raise RunBlocked("Valid", WORKER_NOT_ALLOWED, refusal_message(refusals))
+    return spec
+
+
+def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """Create the next run's Secret and Job; return the status patch. Idempotent by deterministic names."""
+    meta, status = isj["metadata"], isj.get("status") or {}
+    spec = admitted_spec(ctx, isj)
     document = resolve_credentials(ctx, meta["namespace"], spec)
     run = int(status.get("run") or 0) + 1
     secret = render_config_secret(isj, run, spec, document.auth, document.ca_files)
@@ -217,10 +229,7 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     if status.get("runGeneration") == generation and reason == "resume":
         return {}  # the run for this spec already happened; a restart starts nothing new
     try:
-        try:
-            spec = parse_job_spec(isj.get("spec"))
-        except SpecError as exc:
-            raise RunBlocked("Valid", "InvalidSpec", str(exc)) from exc
+        spec = admitted_spec(ctx, isj)
         if spec.suspend:
             return {"phase": "Suspended", "observedGeneration": generation, "conditions": make_condition(
                 status.get("conditions"), "Suspended", "True", "Suspended", "spec.suspend is true",

@@ -18,11 +18,13 @@ from imagesync.controller.handlers import Context, configure, register
 from imagesync.controller.kube import Kube
 from imagesync.controller.metrics import Metrics, health_endpoint
 from imagesync.controller.settings import (
+    ALLOWLIST_ENV,
     DEFAULT_BIND_ADDRESS,
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
     OperatorSettings,
     SettingsError,
+    list_setting,
     own_image,
     port_setting,
 )
@@ -46,22 +48,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--health-port", type=int, metavar="PORT", help="serve kopf's health endpoint /healthz "
                         "(liveness and readiness probes) on this port, 0 for none (env IMAGESYNC_HEALTH_PORT; "
                         f"default {DEFAULT_HEALTH_PORT})")
+    allowlists = {
+        "allowed_worker_images": ("IMAGE,...", "images spec.worker.image may name: `*` (any), sha256:DIGEST, "
+                                  "HOST/ or HOST/NAMESPACE/ (everything under it), HOST/REPOSITORY (any tag or "
+                                  "digest of it), HOST/REPOSITORY:TAG (exactly that image); default: the worker "
+                                  "image's repository"),
+        "allowed_worker_service_accounts": ("NAME,...", "ServiceAccounts spec.worker.serviceAccountName may name "
+                                            "besides the worker's own (imagesync-worker); `*`: any; default: none"),
+        "allowed_toleration_keys": ("KEY,...", "taint keys spec.worker.tolerations may tolerate; `*`: any "
+                                    "toleration, including one without a key; default: none"),
+        "allowed_node_selector_keys": ("KEY,...", "node label keys spec.worker.nodeSelector may use; `*`: any; "
+                                       "default: none"),
+    }
+    for name, (metavar, text) in allowlists.items():
+        parser.add_argument("--" + name.replace("_", "-"), metavar=metavar, help=f"comma-separated {text} "
+                            f"(env {ALLOWLIST_ENV[name]}; docs/security.md)")
     parser.add_argument("--bind-address", metavar="ADDRESS", help="address of the metrics and health endpoints "
                         f"(env IMAGESYNC_BIND_ADDRESS; default {DEFAULT_BIND_ADDRESS}: every interface)")
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> OperatorSettings:
+    """The environment's settings with the flags given on top (dataclasses.replace: every other field,
+    including ones added later, keeps its environment value)."""
     base = OperatorSettings.from_env(os.environ)
-    return OperatorSettings(
-        namespaces=tuple(args.namespace) if args.namespace else base.namespaces,
-        worker_image=args.worker_image or base.worker_image,
-        worker_service_account=base.worker_service_account,
-        log_format=args.log_format or base.log_format,
-        bind_address=args.bind_address or base.bind_address,
-        metrics_port=port_setting(args.metrics_port, "--metrics-port", base.metrics_port),
-        health_port=port_setting(args.health_port, "--health-port", base.health_port),
-    )
+    changes: dict[str, Any] = {
+        "metrics_port": port_setting(args.metrics_port, "--metrics-port", base.metrics_port),
+        "health_port": port_setting(args.health_port, "--health-port", base.health_port),
+    }
+    if args.namespace:
+        changes["namespaces"] = tuple(args.namespace)
+    if args.worker_image:
+        changes["worker_image"] = args.worker_image
+    if args.log_format:
+        changes["log_format"] = args.log_format
+    if args.bind_address:
+        changes["bind_address"] = args.bind_address
+    for name in ALLOWLIST_ENV:
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = list_setting(value)
+    return dataclasses.replace(base, **changes)
 
 
 def with_own_image(settings: OperatorSettings, args: argparse.Namespace, kube: Kube,

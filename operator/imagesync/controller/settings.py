@@ -19,6 +19,16 @@ MIN_WORKER_TTL_SECONDS = 3600
 DEFAULT_BIND_ADDRESS = "0.0.0.0"  # every interface: Prometheus and the kubelet reach the Pod IP
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
+# What spec.worker may choose (issue 11, point 8; controller/policy.py applies them, docs/security.md explains
+# them): comma-separated lists, empty by default. An empty image list allows the configured worker image's
+# repository; the other empty lists allow nothing besides the configured ServiceAccount. ANY allows anything.
+ANY = "*"
+ALLOWLIST_ENV = {
+    "allowed_worker_images": "IMAGESYNC_ALLOWED_WORKER_IMAGES",
+    "allowed_worker_service_accounts": "IMAGESYNC_ALLOWED_WORKER_SERVICE_ACCOUNTS",
+    "allowed_toleration_keys": "IMAGESYNC_ALLOWED_TOLERATION_KEYS",
+    "allowed_node_selector_keys": "IMAGESYNC_ALLOWED_NODE_SELECTOR_KEYS",
+}
 
 
 class SettingsError(ValueError):
@@ -48,6 +58,15 @@ def worker_deadline_from(env: Mapping[str, str]) -> int | None:
 def worker_ttl_from(env: Mapping[str, str]) -> int | None:
     return seconds_setting(env.get("IMAGESYNC_WORKER_TTL_SECONDS"), "IMAGESYNC_WORKER_TTL_SECONDS", None,
                            MIN_WORKER_TTL_SECONDS)
+
+
+def list_setting(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list from an env variable or flag: entries stripped, empty ones dropped."""
+    return tuple(entry.strip() for entry in (value or "").split(",") if entry.strip())
+
+
+def allowlist_from(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return list_setting(env.get(ALLOWLIST_ENV[name]))
 
 
 def port_setting(value: str | int | None, name: str, default: int) -> int:
@@ -91,6 +110,22 @@ class OperatorSettings:
     bind_address: str = DEFAULT_BIND_ADDRESS  # of the metrics and health endpoints
     metrics_port: int = DEFAULT_METRICS_PORT  # 0: no /metrics
     health_port: int = DEFAULT_HEALTH_PORT  # 0: no health endpoint
+    # What spec.worker may choose besides worker_image and worker_service_account (see ALLOWLIST_ENV; read
+    # from the process environment when not given, like the deadline above).
+    allowed_worker_images: tuple[str, ...] = field(
+        default_factory=lambda: allowlist_from(os.environ, "allowed_worker_images"))
+    allowed_worker_service_accounts: tuple[str, ...] = field(
+        default_factory=lambda: allowlist_from(os.environ, "allowed_worker_service_accounts"))
+    allowed_toleration_keys: tuple[str, ...] = field(
+        default_factory=lambda: allowlist_from(os.environ, "allowed_toleration_keys"))
+    allowed_node_selector_keys: tuple[str, ...] = field(
+        default_factory=lambda: allowlist_from(os.environ, "allowed_node_selector_keys"))
+
+    def __post_init__(self) -> None:
+        from imagesync.controller.policy import image_rule  # policy builds on this module
+
+        for entry in self.allowed_worker_images:
+            image_rule(entry)  # SettingsError naming the entry: the operator refuses to start with it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -110,4 +145,8 @@ class OperatorSettings:
             metrics_port=port_setting(env.get("IMAGESYNC_METRICS_PORT"), "IMAGESYNC_METRICS_PORT",
                                       DEFAULT_METRICS_PORT),
             health_port=port_setting(env.get("IMAGESYNC_HEALTH_PORT"), "IMAGESYNC_HEALTH_PORT", DEFAULT_HEALTH_PORT),
+            allowed_worker_images=allowlist_from(env, "allowed_worker_images"),
+            allowed_worker_service_accounts=allowlist_from(env, "allowed_worker_service_accounts"),
+            allowed_toleration_keys=allowlist_from(env, "allowed_toleration_keys"),
+            allowed_node_selector_keys=allowlist_from(env, "allowed_node_selector_keys"),
         )
