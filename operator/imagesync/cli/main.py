@@ -31,6 +31,7 @@ from imagesync.engine.image_transfer import load_rules as load_transfer_rules
 from imagesync.engine.image_transfer import load_security
 from imagesync.engine.manifest import PlatformFilter
 from imagesync.engine.reference import ReferenceError, check_registry_host, parse_repository
+from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
 from imagesync.engine.stats import SyncStats
 
@@ -86,6 +87,19 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--force", action="store_true", help="copy images even when the target is up to date")
     run.add_argument("--ca-file", metavar="FILE", help="extra CA bundle trusted for every HTTPS registry")
     run.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
+    refs = parser.add_argument_group("referrers: signatures, attestations and SBOMs that refer to an image")
+    refs.add_argument("--referrers", action=argparse.BooleanOptionalAction, default=True,
+                      help="copy the artifacts that refer to each image and to each child of an index (OCI "
+                           "referrers API or sha256-<hex> tag, cosign's .sig/.att/.sbom tags), digests unchanged "
+                           "(default on; --no-referrers copies images alone)")
+    refs.add_argument("--referrers-type", action="append", metavar="TYPE[,TYPE]",
+                      help="copy only referrers of these artifact types (shell patterns, e.g. "
+                           "'application/vnd.dev.cosign.*')")
+    refs.add_argument("--referrers-exclude-type", action="append", metavar="TYPE[,TYPE]",
+                      help="do not copy referrers of these artifact types (shell patterns)")
+    refs.add_argument("--referrers-optional", action="store_true",
+                      help="a referrer that cannot be copied is counted and noted, its image still succeeds "
+                           "(default: the image fails)")
     out = parser.add_argument_group("output")
     out.add_argument("--log", metavar="FILE", help="write logs to FILE instead of standard error")
     out.add_argument("--output", choices=["text", "json"], default="text",
@@ -220,7 +234,10 @@ def check_arguments(args: argparse.Namespace) -> None:
 def options_from(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(proc=max(1, args.proc), retries=args.retries, force=args.force, qps=args.qps or None,
                        platforms=PlatformFilter(_split_list(args.os), _split_list(args.arch)),
-                       ca_file=args.ca_file)
+                       ca_file=args.ca_file,
+                       referrers=ReferrerOptions(enabled=args.referrers, include=_split_list(args.referrers_type),
+                                                 exclude=_split_list(args.referrers_exclude_type),
+                                                 optional=args.referrers_optional))
 
 
 async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = None) -> int:

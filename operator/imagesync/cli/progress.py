@@ -221,6 +221,9 @@ def summary(stats: SyncStats) -> str:
         f"{stats.images_total} total",
         f"Blobs: {stats.blobs_copied} copied, {stats.blobs_mounted} mounted, {stats.blobs_skipped} skipped "
         f"(present at the target); manifests pushed: {stats.manifests_pushed}",
+        f"Referrers (signatures, attestations, SBOMs): {stats.count_referrers('copied')} copied, "
+        f"{stats.count_referrers('skipped')} skipped (present at the target), "
+        f"{stats.count_referrers('failed')} failed",
         f"Transferred {human_bytes(stats.bytes_copied)} in {seconds:.2f} s "
         f"({stats.bytes_copied / seconds / 1e6:.1f} MB/s)",
     ]

@@ -35,6 +35,7 @@ from imagesync.engine.manifest import (
     filter_index,
 )
 from imagesync.engine.reference import ImageRef, Repository
+from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions
 from imagesync.engine.registry import RegistryClient
 from imagesync.engine.rules import ImagePair, Rule, expand_rule, shard, source_needs_tag_list
 from imagesync.engine.stats import ImageOutcome, SyncStats
@@ -58,6 +59,7 @@ class SyncOptions:
     ca_file: str | None = None  # trusted for every HTTPS registry without a caFile of its own
     platforms: PlatformFilter = field(default_factory=PlatformFilter)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    referrers: ReferrerOptions = field(default_factory=ReferrerOptions)  # signatures, attestations, SBOMs
 
 
 TransportFactory = Callable[[Endpoint], httpx.AsyncBaseTransport | None]
@@ -135,6 +137,7 @@ class Syncer:
         # (target host, digest) -> (repository, task) of the first transfer of that blob to that registry:
         # later repositories mount from it instead of uploading the same bytes again.
         self._first_copy: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
+        self.referrers = ReferrerCopier(self, options.referrers) if options.referrers.enabled else None
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -201,6 +204,8 @@ class Syncer:
         async with self._images:
             try:
                 outcome = await self.sync_image(pair)
+                if self.referrers is not None:  # the artifacts that refer to the image (engine/referrers.py)
+                    outcome = await self.referrers.after_image(pair, outcome)
             except ImageSyncError as exc:
                 reason = clip(str(exc), REASON_MAX_CHARS)
                 self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "failed", reason))

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from imagesync.engine.errors import RegistryError, clip
-from imagesync.engine.manifest import ACCEPT, SCHEMA1_TYPES, Manifest, detect_media_type, sha256_digest
+from imagesync.engine.manifest import ACCEPT, OCI_INDEX, SCHEMA1_TYPES, Manifest, detect_media_type, sha256_digest
 from imagesync.engine.reference import ReferenceError, check_digest, check_tag
 from imagesync.engine.transport import (
     MANIFEST_MAX_BYTES,
@@ -39,6 +40,11 @@ _RETRYABLE_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID", "BLOB_UPL
 MAX_TAG_PAGES = 1000
 MAX_TAGS = 100_000
 TAG_PAGE_MAX_BYTES = 4 * 1024 * 1024
+# Referrers API pages followed at most (each page bounded by MANIFEST_MAX_BYTES).
+MAX_REFERRER_PAGES = 100
+# How registries without the referrers API answer its route: 404 (docker-registry 2.8), or a refusal of the
+# path or method. 401/403 are errors: the pull scope that reads the manifests covers the referrers too.
+_NO_REFERRERS_API = frozenset({400, 404, 405, 406, 501})
 
 
 class TagList(list[str]):
@@ -69,6 +75,9 @@ def registry_error(response: httpx.Response, what: str) -> RegistryError:
 class RegistryClient:
     def __init__(self, http: RegistryHTTP) -> None:
         self.http = http
+        # Whether the registry serves the OCI 1.1 referrers API / indexes a pushed manifest's subject:
+        # learned from the first answer (None: not known yet), so a registry without it is asked once.
+        self.referrers_api: bool | None = None
 
     @property
     def host(self) -> str:
@@ -156,7 +165,8 @@ class RegistryClient:
                 retryable=True, code="DIGEST_INVALID")
         return Manifest(data, media_type, digest)
 
-    async def put_manifest(self, repo: str, reference: str, manifest: Manifest) -> None:
+    async def put_manifest(self, repo: str, reference: str, manifest: Manifest) -> httpx.Headers:
+        """Push the manifest's bytes; the answer's headers (``OCI-Subject`` says the registry indexed a subject)."""
         response = await self.http.request(
             "PUT", _manifest_path(repo, reference), scopes=[push_scope(repo)],
             headers={"Content-Type": manifest.media_type}, content=manifest.data)
@@ -167,6 +177,55 @@ class RegistryClient:
             raise RegistryError(
                 f"{self.host}/{repo}:{reference} stored the manifest under {clip(pushed, 100)}, not {manifest.digest}",
                 retryable=False)
+        return response.headers
+
+    # -- referrers (OCI distribution 1.1) ------------------------------------------------------
+
+    async def get_referrers(self, repo: str, digest: str, artifact_type: str | None = None) -> list[Any] | None:
+        """The descriptors the referrers API lists for ``digest`` (every page), or None when the registry has
+        no referrers API: a 404 (docker-registry 2.8 answers so for the unknown route), 400/405/406/501, or an
+        answer that is not an image index. Each page is read within the manifest size limit; pages are bounded.
+
+        With ``artifact_type`` the registry may filter (``OCI-Filters-Applied``); callers filter again anyway.
+        """
+        what = f"listing referrers of {self.host}/{repo}@{digest}"
+        path: str | None = f"{_repo_path(repo)}/referrers/{_digest(digest)}"
+        params = {"artifactType": artifact_type} if artifact_type else None
+        entries: list[Any] = []
+        fetched: set[str] = set()
+        while path:
+            if len(fetched) >= MAX_REFERRER_PAGES:
+                raise RegistryError(f"{what}: more than {MAX_REFERRER_PAGES} pages; stopped", retryable=False)
+            try:
+                response = await self.http.request("GET", path, scopes=[pull_scope(repo)], params=params,
+                                                   headers={"Accept": OCI_INDEX}, max_body=MANIFEST_MAX_BYTES)
+            except RegistryError as exc:
+                if exc.code == "TOO_LARGE":
+                    raise RegistryError(f"{what}: a page is larger than {MANIFEST_MAX_BYTES // 2**20} MiB: "
+                                        f"refused", code="TOO_LARGE", retryable=False) from exc
+                raise
+            params = None  # the Link header carries the query of later pages
+            fetched.add(str(response.url))
+            if response.status_code in _NO_REFERRERS_API:
+                if len(fetched) > 1:  # a later page vanished: an error, not a registry without the API
+                    raise registry_error(response, what)
+                return None
+            if response.status_code != 200:
+                raise registry_error(response, what)
+            try:
+                body = response.json()
+            except ValueError:
+                return None  # not an index: no referrers API (some registries answer the route with a web page)
+            manifests = body.get("manifests") if isinstance(body, dict) else None
+            if not isinstance(manifests, list) or detect_media_type(response.content, "") != OCI_INDEX:
+                return None
+            entries.extend(manifests)
+            next_link = response.links.get("next", {}).get("url")
+            path = str(response.url.join(next_link)) if next_link else None
+            if path in fetched:
+                raise RegistryError(f"{what}: the Link header leads back to a page already read; stopped",
+                                    retryable=False)
+        return entries
 
     # -- blobs ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["synced", "skipped", "failed"]
+ReferrerOutcome = Literal["copied", "skipped", "failed"]
 
 # A report carries at most this many failed images; the total count travels beside it.
 FAILED_IMAGES_CAP = 50
@@ -66,6 +67,9 @@ class SyncStats:
     # Auth keys (registry or registry/namespace) whose credentials were used and accepted / refused.
     logins_accepted: list[str] = field(default_factory=list)
     logins_rejected: list[str] = field(default_factory=list)
+    # Referrers (signatures, attestations, SBOMs) by target reference: copied, skipped (already there) or
+    # failed; a retried image's artifacts replace their earlier outcome.
+    referrers: dict[str, ReferrerOutcome] = field(default_factory=dict)
     # Blob uploads in flight, in the order they started (not part of the snapshot: it changes too fast).
     # At most ``proc`` entries: a list is cheap to scan.
     transfers: list[Transfer] = field(default_factory=list)
@@ -84,6 +88,12 @@ class SyncStats:
     def record(self, outcome: ImageOutcome) -> None:
         """Record the latest outcome of an image (a retried image replaces its earlier failure)."""
         self.outcomes[(outcome.source, outcome.target)] = outcome
+
+    def record_referrer(self, key: str, outcome: ReferrerOutcome) -> None:
+        self.referrers[key] = outcome
+
+    def count_referrers(self, outcome: ReferrerOutcome) -> int:
+        return sum(1 for o in self.referrers.values() if o == outcome)
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for o in self.outcomes.values() if o.outcome == outcome)
@@ -112,6 +122,9 @@ class SyncStats:
             "blobsSkipped": self.blobs_skipped,
             "bytesCopied": self.bytes_copied,
             "manifestsPushed": self.manifests_pushed,
+            "referrersCopied": self.count_referrers("copied"),
+            "referrersSkipped": self.count_referrers("skipped"),
+            "referrersFailed": self.count_referrers("failed"),
             "bytesPerSecond": round(self.bytes_per_second, 1),
             "durationSeconds": round(self.duration, 3),
             "done": done,
