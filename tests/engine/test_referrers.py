@@ -460,3 +460,16 @@ async def test_referrers_api_recording(registry2: RegistryProcess,
     result = await run("target.registry.test/mirror/app", ReferrerOptions(include=(SPDX,)))
     assert (result["referrersCopied"], result["referrersSkipped"]) == (0, 1), result
     assert not [r for r in api_target.requests[before:] if r[0] in ("PUT", "POST", "PATCH")]
+
+
+def test_pure_helpers() -> None:
+    digest = "sha256:" + "0f" * 32
+    assert fallback_tag(digest) == "sha256-" + "0f" * 32
+    options = ReferrerOptions(include=("application/vnd.dev.cosign.*", SPDX), exclude=("*.att.v1+json",))
+    assert options.wants("application/vnd.dev.cosign.artifact.sig.v1+json")
+    assert not options.wants("application/vnd.dev.cosign.artifact.att.v1+json")
+    assert not options.wants(IN_TOTO)
+    assert options.api_filter is None and ReferrerOptions(include=(SPDX,)).api_filter == SPDX
+    one = {"mediaType": OCI_MANIFEST, "digest": digest, "size": 3}
+    assert merge_index({"manifests": [one]}, [one]) is None  # nothing missing: nothing to push
+    assert merge_index(None, [one]) == {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [one]}
