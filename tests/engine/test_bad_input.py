@@ -186,7 +186,7 @@ CASES: list[Case] = [
               "needs a source digest"),
     rule_case("rule-target-tags-for-all-tags", "{src}/bad/app", "{dst}/bad/app:x", "only when the source lists"),
     rule_case("rule-target-empty-tag", "{src}/bad/app:1", "{dst}/bad/app:", "invalid tag ''"),
-    rule_case("rule-target-mapping", "{src}/bad/app:1", {"to": "{dst}/bad/app"}, "must be a string, a list"),
+    rule_case("rule-target-mapping", "{src}/bad/app:1", {"to": "{dst}/bad/app"}, "unknown key(s) 'to'"),
     rule_case("rule-target-list-with-number", "{src}/bad/app:1", [5], "each target must be a string"),
     rule_case("rule-target-empty-list", "{src}/bad/app:1", [], "must be a string, a list"),
     rule_case("rule-registry-only", "r.example.com:5000/", "{dst}/bad/app", "names a registry but no repository"),

@@ -81,7 +81,7 @@ def test_several_targets_and_default_target() -> None:
     ({"r.io/a/app": "t.io/a/app:x"}, "r.io/a/app", "only when the source lists its tags"),
     ({"r.io/a/app:/[/": "t.io/a/app"}, "r.io/a/app:/[/", "invalid tag regex"),
     ({"r.io/a/app:1": ""}, "r.io/a/app:1", "no default registry"),
-    ({"r.io/a/app:1": {"nested": 1}}, "r.io/a/app:1", "must be a string"),
+    ({"r.io/a/app:1": {"nested": 1}}, "r.io/a/app:1", "unknown key(s) 'nested'"),
     ({f"r.io/a/app@{DIGEST}": "t.io/a/app@sha256:" + "b" * 64}, "r.io/a/app", "differs from the source digest"),
 ])
 def test_malformed_rules_quote_the_rule_and_say_why(images: dict[str, object], quoted: str, why: str) -> None:

@@ -11,6 +11,10 @@ default registry/namespace) per value:
 - target ``repo``                        same tags (or digest) as the source
 - target ``repo:x,y``                    source tags renamed left to right (``src:a,b -> dst:x,y``)
 - target ``repo@sha256:...``             must equal the source digest
+
+A value may also be a mapping, the extended form: ``target: repo`` or ``targets: [repo, ...]`` (the same
+target strings; neither: the default target) plus tag filters (``semver``, ``prereleases``, ``exclude``,
+``latest``: :mod:`imagesync.engine.tagfilter`), which narrow the tags an all-tags or ``/regex/`` source lists.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import re
 import re._compiler
 import re._parser as sre_parse  # the stdlib's own parse tree, to inspect a user's pattern before it runs
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from imagesync.engine.errors import RuleError
@@ -33,6 +37,7 @@ from imagesync.engine.reference import (
     parse_repository,
     split_reference,
 )
+from imagesync.engine.tagfilter import FILTER_KEYS, FilterError, TagFilter, parse_tag_filter, select_tags
 
 # Tags are at most 128 characters by the distribution spec's grammar (listed tags are checked against it);
 # a regex never sees a longer string. Patterns are bounded too, and the shapes that make Python's
@@ -185,6 +190,7 @@ class SourceSpec:
     tags: tuple[str, ...] = ()
     regex: str | None = None
     digest: str | None = None
+    tag_filter: TagFilter | None = None  # the extended form's filters, applied to the listed tags
 
     @property
     def all_tags(self) -> bool:
@@ -276,17 +282,30 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
     for key, value in images.items():
         source_text = str(key).strip()
         targets: list[object]
+        tag_filter: TagFilter | None = None
         if value is None or value == "":
             targets = [None]
         elif isinstance(value, str):
             targets = [value]
         elif isinstance(value, list) and value:
             targets = list(value)
+        elif isinstance(value, Mapping):
+            try:
+                targets, tag_filter = _parse_extended(value)
+            except FilterError as exc:
+                errors.append(RuleError(source_text, str(exc)))
+                continue
         else:
-            errors.append(RuleError(source_text, "the target must be a string, a list of strings, or empty"))
+            errors.append(RuleError(source_text, "the target must be a string, a list of strings, a mapping "
+                                                 "(target/targets and tag filters), or empty"))
             continue
         try:
             source = _parse_source(source_text)
+            if tag_filter is not None:
+                if not (source.all_tags or source.regex is not None):
+                    raise ReferenceError("semver, exclude and latest filter the tags the source lists: use them "
+                                         "with repo (every tag) or repo:/regex/, not a tag list or a digest")
+                source = replace(source, tag_filter=tag_filter)
         except ReferenceError as exc:
             errors.append(RuleError(f"{source_text} -> {_describe_targets(targets)}", f"source: {exc}"))
             continue
@@ -302,6 +321,31 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
             except ReferenceError as exc:
                 errors.append(RuleError(text, f"target: {exc}"))
     return rules, errors
+
+
+_EXTENDED_KEYS = ("target", "targets", *FILTER_KEYS)
+
+
+def _parse_extended(value: Mapping[Any, object]) -> tuple[list[object], TagFilter | None]:
+    """The targets and the tag filter of a rule written as a mapping, or a FilterError naming the key."""
+    unknown = [str(key) for key in value if key not in _EXTENDED_KEYS]
+    if unknown:
+        raise FilterError(f"unknown key(s) {', '.join(map(repr, unknown))[:_SHOWN_CHARS]} "
+                          f"(known: {', '.join(_EXTENDED_KEYS)})")
+    if "target" in value and "targets" in value:
+        raise FilterError("give target (one) or targets (a list), not both")
+    targets: list[object]
+    if "targets" in value:
+        listed = value["targets"]
+        if not isinstance(listed, list) or not listed:
+            raise FilterError("targets must be a non-empty list of target strings")
+        targets = list(listed)
+    else:
+        target = value.get("target")
+        if target is not None and not isinstance(target, str):
+            raise FilterError(f"target must be a string (or targets: a list), got {_shown(target)}")
+        targets = [target or None]
+    return targets, parse_tag_filter(value, check_tag_regex)
 
 
 _SHOWN_CHARS = 120
@@ -339,6 +383,8 @@ def expand_rule(rule: Rule, source_tags: Sequence[str] | None = None) -> list[Im
     if source.regex is not None:
         pattern = re.compile(source.regex)
         tags = [t for t in tags if len(t) <= MAX_TAG_LENGTH and pattern.search(t)]
+    if source.tag_filter is not None:
+        tags = select_tags(source.tag_filter, tags)
     return [ImagePair(ImageRef(source.repo, tag=tag), ImageRef(target.repo, tag=tag), rule.text) for tag in tags]
 
 
