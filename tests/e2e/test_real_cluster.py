@@ -687,9 +687,17 @@ async def test_bad_input_gives_conditions_and_warnings_not_jobs(cluster: Cluster
         c for c in (cluster.get("registrycredentials", "private").get("status") or {}).get("conditions") or []
         if c["type"] == "Ready"), None))
     assert ready["status"] == "False" and ready["reason"] == "SecretMissing"
-    assert not cluster.jobs("broken") and not cluster.jobs("needs-secret")
-    await cluster.wait("warning events", lambda: {"InvalidSpec", "SecretMissing"} <= {
-        e.reason for e in cluster.events("broken") + cluster.events("needs-secret") if e.type == "Warning"})
+    # A worker image the operator does not allow (any image would run with the namespace's rights).
+    cluster.create("imagesyncjobs", "foreign", {"images": {"r.example.com/a/app:1": "t.example.com/a/app"},
+                                                "worker": {"image": "evil.example.com/miner:1"}})
+    status = await cluster.status_when("foreign", lambda s: s.get("phase") == "Failed", "Failed")
+    refused = condition(status, "Valid")
+    assert refused["reason"] == "WorkerNotAllowed" and "evil.example.com/miner:1" in refused["message"]
+    assert condition(status, "Stalled")["status"] == "True"
+    assert not cluster.jobs("broken") and not cluster.jobs("needs-secret") and not cluster.jobs("foreign")
+    await cluster.wait("warning events", lambda: {"InvalidSpec", "SecretMissing", "WorkerNotAllowed"} <= {
+        e.reason for e in cluster.events("broken") + cluster.events("needs-secret") + cluster.events("foreign")
+        if e.type == "Warning"})
 
 
 @pytest.mark.usefixtures("operator")
@@ -860,16 +868,17 @@ async def test_unpullable_worker_image_is_shown_and_fixing_it_replaces_the_run(c
     image = seed.push_image(registries.source, "typo/app", "1", seed="typo")
     cluster.credentials_for(registries)
     images = {f"{registries.source_host}/typo/app:1": f"{registries.target_host}/typo/app"}
-    # On a real node: a repository the worker image's registry does not have (a quick 404, no DNS wait).
-    registry = "example.com" if PLAY_KUBELET else WORKER_IMAGE.rpartition("/")[0]
-    cluster.create("imagesyncjobs", "typo", {"images": images, "worker": {"image": f"{registry}/{UNPULLABLE}:1"}})
+    # A tag the worker image's repository does not have: allowed by the operator's default image allowlist
+    # (its own repository), and on a real node a quick 404 (no DNS wait).
+    unpullable = f"{WORKER_IMAGE.rpartition(':')[0]}:{UNPULLABLE}"
+    cluster.create("imagesyncjobs", "typo", {"images": images, "worker": {"image": unpullable}})
     status = await cluster.status_when("typo", lambda s: any(
         c["type"] == "WorkersReady" and c["status"] == "False" for c in s.get("conditions") or []), "stuck workers")
     workers = condition(status, "WorkersReady")
     # A real kubelet says ErrImagePull at the first failure, ImagePullBackOff while it waits to retry.
     assert workers["reason"] in ("ErrImagePull", "ImagePullBackOff") and UNPULLABLE in workers["message"], workers
     assert status["phase"] == "Pending" and status["run"] == 1
-    cluster.patch_spec("typo", {"worker": {"image": "example.com/imagesync:1" if PLAY_KUBELET else WORKER_IMAGE}})
+    cluster.patch_spec("typo", {"worker": {"image": WORKER_IMAGE}})
     final = await cluster.status_when("typo", lambda s: s.get("run") == 2 and s.get("completionTime"), "run 2")
     assert final["phase"] == "Succeeded", final
     assert condition(final, "WorkersReady")["status"] == "True"
