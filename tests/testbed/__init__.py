@@ -7,6 +7,7 @@ helpers and an isolated skopeo. No fakes of the registry protocol.
 - :mod:`testbed.seed`: push and read back blobs, images, indexes and schema 1 manifests with raw API calls.
 - :mod:`testbed.skopeo`: :class:`Skopeo` with its own policy, auth file and blob-info cache.
 - :mod:`testbed.system`: skip locally / fail in CI when a system binary is missing.
+- :mod:`testbed.checker`: walks a registry and names every manifest whose blobs or children are missing.
 
 Fixtures live in ``tests/conftest.py``: ``registry``, ``registry2``, ``basic_registry``, ``tls_registry``,
 ``token_registry``, ``make_registry`` and ``skopeo``.
