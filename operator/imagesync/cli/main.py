@@ -85,6 +85,9 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--arch", action="append", metavar="ARCH[:VARIANT]",
                      help="copy only these architectures from indexes (rewrites the index: new digest)")
     run.add_argument("--force", action="store_true", help="copy images even when the target is up to date")
+    run.add_argument("--skip-existing", action="store_true",
+                     help="missing-only: one tags/list per target repository decides, tags the target has are "
+                          "not copied nor compared (a tag moved at the source is not noticed; for immutable tags)")
     run.add_argument("--ca-file", metavar="FILE", help="extra CA bundle trusted for every HTTPS registry")
     run.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
     refs = parser.add_argument_group("referrers: signatures, attestations and SBOMs that refer to an image")
@@ -233,6 +236,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def options_from(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(proc=max(1, args.proc), retries=args.retries, force=args.force, qps=args.qps or None,
+                       skip_existing=args.skip_existing,
                        platforms=PlatformFilter(_split_list(args.os), _split_list(args.arch)),
                        ca_file=args.ca_file,
                        referrers=ReferrerOptions(enabled=args.referrers, include=_split_list(args.referrers_type),

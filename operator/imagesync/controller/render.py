@@ -60,6 +60,8 @@ def worker_options(spec: JobSpec) -> dict[str, Any]:
     options: dict[str, Any] = {"proc": spec.concurrency, "retries": spec.retries, "force": spec.force}
     if spec.qps:
         options["qps"] = spec.qps
+    if spec.skip_existing:
+        options["skipExisting"] = True
     if spec.platforms:
         options["platforms"] = list(spec.platforms)
     if spec.default_registry:

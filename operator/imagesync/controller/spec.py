@@ -48,6 +48,7 @@ class JobSpec:
     retries: int = 2
     qps: float = 0.0
     force: bool = False
+    skip_existing: bool = False  # missing-only: one tags/list per target repository, tags present not compared
     parallelism: int = 1
     suspend: bool = False
     schedule: str | None = None
@@ -119,7 +120,8 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         images=dict(images), default_registry=default_registry, default_namespace=default_namespace,
         credentials=credentials, platforms=platforms,
         concurrency=_int(spec, "concurrency", 5, 1, 256), retries=_int(spec, "retries", 2, 0, 20),
-        qps=float(qps), force=_bool(spec, "force"), parallelism=_int(spec, "parallelism", 1, 1, 100),
+        qps=float(qps), force=_bool(spec, "force"), skip_existing=_bool(spec, "skipExisting"),
+        parallelism=_int(spec, "parallelism", 1, 1, 100),
         suspend=_bool(spec, "suspend"), schedule=schedule,
         history_limit=_int(spec, "historyLimit", DEFAULT_HISTORY_LIMIT, 1, 100),
         repositories=tuple(repo for rule in rules for repo in (rule.source.repo, rule.target.repo)),

@@ -36,8 +36,8 @@ from imagesync.engine.manifest import (
 )
 from imagesync.engine.reference import ImageRef, Repository
 from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions
-from imagesync.engine.registry import RegistryClient
-from imagesync.engine.rules import ImagePair, Rule, expand_rule, shard, source_needs_tag_list
+from imagesync.engine.registry import RegistryClient, RepositoryList
+from imagesync.engine.rules import ImagePair, Rule, expand_prefix_rule, expand_rule, shard, source_needs_tag_list
 from imagesync.engine.stats import ImageOutcome, SyncStats
 from imagesync.engine.transport import Endpoint, RateLimiter, RegistryHTTP, RetryPolicy
 
@@ -55,6 +55,9 @@ class SyncOptions:
     proc: int = 5
     retries: int = 2
     force: bool = False
+    # Missing-only: one tags/list per target repository decides; a tag present at the target is not copied
+    # (nor compared: a tag moved at the source is not noticed). For registries whose tags are immutable.
+    skip_existing: bool = False
     qps: float | None = None
     ca_file: str | None = None  # trusted for every HTTPS registry without a caFile of its own
     platforms: PlatformFilter = field(default_factory=PlatformFilter)
@@ -145,8 +148,11 @@ class Syncer:
                    rule_errors: Sequence[RuleError] = ()) -> tuple[list[ImagePair], list[ImageOutcome]]:
         """Expand rules into image pairs, plus a failed outcome for each rule that cannot be expanded."""
         failures = [ImageOutcome(error.rule_text, "", "failed", error.reason) for error in rule_errors]
+        catalogs: dict[int, asyncio.Task[RepositoryList]] = {}
 
         async def expand(rule: Rule) -> list[ImagePair]:
+            if rule.source.prefix:
+                return await expand_prefix(rule)
             tags: list[str] | None = None
             if source_needs_tag_list(rule):
                 repo = rule.source.repo
@@ -171,6 +177,40 @@ class Syncer:
                 failures.append(ImageOutcome(rule.text, "", "failed", exc.reason))
                 return []
 
+        async def expand_prefix(rule: Rule) -> list[ImagePair]:
+            """A whole registry or namespace: its _catalog (listed once per registry client), then each
+            selected repository as an all-tags rule of its own."""
+            client = self.registries.client_for(rule.source.repo)
+            task = catalogs.get(id(client))
+            if task is None:
+                task = catalogs[id(client)] = asyncio.create_task(client.list_repositories())
+            try:
+                catalog = await asyncio.shield(task)
+            except ImageSyncError as exc:
+                failures.append(ImageOutcome(rule.text, "", "failed", clip(str(exc), REASON_MAX_CHARS)))
+                return []
+            source = rule.source.repo
+            relevant = [bad for bad in catalog.invalid if rule.source.relative(bad) is not None]
+            for bad in relevant[:INVALID_TAGS_REPORTED]:
+                reason = (f"{source.registry}'s catalog lists {bad!r}, which is not a valid repository name: "
+                          f"skipped (rule {rule.text})")
+                log.warning("%s", reason)
+                failures.append(ImageOutcome(f"{source.registry}/{bad}", "", "failed", reason))
+            if len(relevant) > INVALID_TAGS_REPORTED:
+                more = len(relevant) - INVALID_TAGS_REPORTED
+                failures.append(ImageOutcome(f"{source} (more invalid repository names)", "", "failed",
+                                             f"{source.registry}'s catalog lists {more} more invalid repository "
+                                             f"names: skipped (rule {rule.text})"))
+            selected = expand_prefix_rule(rule, catalog)
+            if not selected:
+                failures.append(ImageOutcome(rule.text, "", "failed",
+                                             f"no repository of {source.registry}'s catalog ({len(catalog)} listed) "
+                                             f"is under {source.path or 'the registry'} and selected by the "
+                                             f"rule's repositories include/exclude"))
+                return []
+            groups = await asyncio.gather(*(expand(sub) for sub in selected))
+            return [pair for group in groups for pair in group]
+
         expanded = await asyncio.gather(*(expand(rule) for rule in rules))
         seen: set[tuple[str, str]] = set()
         pairs: list[ImagePair] = []
@@ -190,6 +230,8 @@ class Syncer:
             self.stats.record(failure)
         self.stats.images_total = len(pairs) + len(planning_failures)
         pending = list(pairs)
+        if self.options.skip_existing and not self.options.force:
+            pending = await self._drop_existing(pending)
         for round_number in range(1 + max(0, self.options.retries)):
             if round_number:
                 log.info("retry round %d for %d image(s)", round_number, len(pending))
@@ -198,6 +240,41 @@ class Syncer:
             if not pending:
                 break
         return self.stats
+
+    async def _drop_existing(self, pairs: Sequence[ImagePair]) -> list[ImagePair]:
+        """--skip-existing: one tags/list per target repository; pairs whose target tag is listed there are
+        recorded as skipped without a request of their own. A pair pushed by digest alone still gets its
+        HEAD; a target repository whose listing fails falls back to the per-tag check."""
+        by_repo: dict[Repository, list[ImagePair]] = {}
+        for pair in pairs:
+            if pair.target.tag is not None:
+                by_repo.setdefault(pair.target.repo, []).append(pair)
+
+        async def listed(repo: Repository) -> set[str] | None:
+            try:
+                return set(await self.registries.client_for(repo).list_tags(repo.path))
+            except RegistryError as exc:
+                if exc.status == 404:  # NAME_UNKNOWN: the repository does not exist yet
+                    return set()
+                log.warning("--skip-existing: %s; checking each tag of %s instead", exc, repo)
+                return None
+            except ImageSyncError as exc:
+                log.warning("--skip-existing: %s; checking each tag of %s instead", exc, repo)
+                return None
+
+        repos = list(by_repo)
+        existing = dict(zip(repos, await asyncio.gather(*(listed(repo) for repo in repos)), strict=True))
+        pending = []
+        for pair in pairs:
+            present = existing.get(pair.target.repo) if pair.target.tag is not None else None
+            if present is not None and pair.target.tag in present:
+                self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "skipped"))
+            else:
+                pending.append(pair)
+        if len(pending) < len(pairs):
+            log.info("--skip-existing: %d image(s) whose tag the target has: skipped, digests not compared",
+                     len(pairs) - len(pending))
+        return pending
 
     async def _sync_one(self, pair: ImagePair) -> bool:
         """Sync one image and record its outcome; True when it failed in a way worth retrying."""

@@ -87,12 +87,37 @@ def parse_repository(name: str) -> Repository:
         raise ReferenceError(f"{name!r} names a registry but no repository")
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
+    return Repository(registry, check_repository_path(path))
+
+
+# The distribution spec bounds a repository name (path) to 255 characters.
+MAX_REPOSITORY_PATH = 255
+
+
+def check_repository_path(path: str) -> str:
+    """A repository path (``namespace/.../name``) by the distribution grammar, or a ReferenceError."""
+    if len(path) > MAX_REPOSITORY_PATH:
+        raise ReferenceError(f"repository path longer than {MAX_REPOSITORY_PATH} characters")
     for component in path.split("/"):
-        if not _COMPONENT.fullmatch(component):
+        if not _COMPONENT.fullmatch(component) or not component.isascii():
             raise ReferenceError(
-                f"invalid repository path component {component!r} (lower-case letters, digits and "
+                f"invalid repository path component {component[:80]!r} (lower-case letters, digits and "
                 f"'.', '_', '-' separators only)")
-    return Repository(registry, path)
+    return path
+
+
+def parse_prefix(text: str) -> Repository:
+    """``host/`` (a whole registry) or ``host/namespace/`` (every repository under it): a Repository
+    whose path is the namespace ("" for the whole registry). The registry must be named."""
+    name = text.strip()
+    if not name.endswith("/"):
+        raise ReferenceError(f"{name!r} is not a registry or namespace prefix (those end with '/')")
+    first, _, rest = name[:-1].partition("/")
+    if not first or not looks_like_host(first):
+        raise ReferenceError(f"{name!r}: a whole-registry or namespace source/target names its registry "
+                             f"(host/ or host/namespace/; a host has a '.' or a ':port', or is localhost)")
+    registry = normalise_registry(check_registry_host(first))
+    return Repository(registry, check_repository_path(rest) if rest else "")
 
 
 def split_reference(text: str) -> tuple[str, str | None, str | None]:

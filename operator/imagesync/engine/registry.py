@@ -17,7 +17,7 @@ import httpx
 
 from imagesync.engine.errors import RegistryError, clip
 from imagesync.engine.manifest import ACCEPT, OCI_INDEX, SCHEMA1_TYPES, Manifest, detect_media_type, sha256_digest
-from imagesync.engine.reference import ReferenceError, check_digest, check_tag
+from imagesync.engine.reference import ReferenceError, check_digest, check_repository_path, check_tag
 from imagesync.engine.transport import (
     MANIFEST_MAX_BYTES,
     SMALL_BODY_MAX_BYTES,
@@ -40,6 +40,10 @@ _RETRYABLE_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID", "BLOB_UPL
 MAX_TAG_PAGES = 1000
 MAX_TAGS = 100_000
 TAG_PAGE_MAX_BYTES = 4 * 1024 * 1024
+# Catalog listing bounds (whole-registry and namespace sources), the same kind as the tags'.
+MAX_CATALOG_PAGES = 1000
+MAX_REPOSITORIES = 100_000
+CATALOG_SCOPE = "registry:catalog:*"
 # Referrers API pages followed at most (each page bounded by MANIFEST_MAX_BYTES).
 MAX_REFERRER_PAGES = 100
 # How registries without the referrers API answer its route: 404 (docker-registry 2.8), or a refusal of the
@@ -53,6 +57,10 @@ class TagList(list[str]):
     def __init__(self) -> None:
         super().__init__()
         self.invalid: list[str] = []
+
+
+class RepositoryList(TagList):
+    """The valid repository paths a registry's ``_catalog`` listed; ``invalid`` what is no repository name."""
 
 
 @dataclass(frozen=True)
@@ -93,34 +101,70 @@ class RegistryClient:
         """
         what = f"listing tags of {self.host}/{repo}"
         tags = TagList()
-        path: str | None = f"{_repo_path(repo)}/tags/list?n={page_size}"
+        await self._list_paged(f"{_repo_path(repo)}/tags/list?n={page_size}", "tags", [pull_scope(repo)], what,
+                               _is_tag, tags, MAX_TAG_PAGES, MAX_TAGS)
+        return tags
+
+    async def list_repositories(self, page_size: int = 1000) -> RepositoryList:
+        """Every repository of the registry's ``_catalog``, paged with ``n``/``last`` by the ``Link`` header
+        (the same bounds and loop refusal as tags). A listed name that is not a repository path by the
+        distribution grammar goes to ``invalid``, never into a URL.
+
+        A registry that refuses the catalog (401/403 without the ``registry:catalog:*`` grant, 404/405/501
+        without the route) or answers with something that is not a repository list gives one error naming
+        the registry and the reason.
+        """
+        what = f"listing the repositories of {self.host} (_catalog)"
+        repositories = RepositoryList()
+        try:
+            await self._list_paged(f"/v2/_catalog?n={page_size}", "repositories", [CATALOG_SCOPE], what,
+                                   _is_repository, repositories, MAX_CATALOG_PAGES, MAX_REPOSITORIES)
+        except RegistryError as exc:
+            if exc.status in (401, 403):
+                raise RegistryError(f"{self.host} refuses to list its repositories: {exc} (a whole-registry or "
+                                    f"namespace source needs the catalog: the registry:catalog:* grant)",
+                                    status=exc.status, code=exc.code, retryable=False) from exc
+            if exc.status in (400, 404, 405, 501) or exc.code == "UNSUPPORTED":
+                raise RegistryError(f"{self.host} does not serve the repository catalog: {exc} (a whole-registry "
+                                    f"or namespace source needs GET /v2/_catalog; name the repositories instead)",
+                                    status=exc.status, code=exc.code, retryable=False) from exc
+            raise
+        return repositories
+
+    async def _list_paged(self, path: str | None, key: str, scopes: list[str], what: str, valid: Any,
+                          into: TagList, max_pages: int, max_names: int) -> None:
+        """A paged name list (tags/list, _catalog): every page the ``Link`` header leads to, bounded."""
         fetched: set[str] = set()
         while path:
-            if len(fetched) >= MAX_TAG_PAGES:
-                raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages; stopped", retryable=False)
-            response = await self.http.request("GET", path, scopes=[pull_scope(repo)], max_body=TAG_PAGE_MAX_BYTES)
+            if len(fetched) >= max_pages:
+                raise RegistryError(f"{what}: more than {max_pages} pages; stopped", retryable=False)
+            response = await self.http.request("GET", path, scopes=scopes, max_body=TAG_PAGE_MAX_BYTES)
             fetched.add(str(response.url))
             if response.status_code != 200:
                 raise registry_error(response, what)
             try:
-                page = response.json().get("tags") or []
-            except (ValueError, AttributeError) as exc:
-                raise RegistryError(f"{what}: unreadable answer", retryable=True) from exc
+                body = response.json()
+            except ValueError as exc:
+                raise RegistryError(f"{what}: unreadable answer (not JSON)", code="UNSUPPORTED",
+                                    retryable=key == "tags") from exc
+            page = body.get(key) if isinstance(body, dict) else None
+            if page is None and isinstance(body, dict) and (key == "tags" or key in body):
+                page = []  # docker-registry: "tags": null for a repository without tags
             if not isinstance(page, list):
-                raise RegistryError(f"{what}: unreadable answer (tags is not a list)", retryable=False)
-            for tag in page:
-                if isinstance(tag, str) and _is_tag(tag):
-                    tags.append(tag)
+                raise RegistryError(f"{what}: unreadable answer ({key} is not a list)", code="UNSUPPORTED",
+                                    retryable=False)
+            for name in page:
+                if isinstance(name, str) and valid(name):
+                    into.append(name)
                 else:
-                    tags.invalid.append(clip(str(tag), 80))
-            if len(tags) + len(tags.invalid) > MAX_TAGS:
-                raise RegistryError(f"{what}: more than {MAX_TAGS} tags; stopped", retryable=False)
+                    into.invalid.append(clip(str(name), 80))
+            if len(into) + len(into.invalid) > max_names:
+                raise RegistryError(f"{what}: more than {max_names} {key}; stopped", retryable=False)
             next_link = response.links.get("next", {}).get("url")
             path = str(response.url.join(next_link)) if next_link else None
             if path in fetched:
                 raise RegistryError(f"{what}: the Link header leads back to a page already read "
                                     f"({clip(path.split('?', 1)[0])}); stopped", retryable=False)
-        return tags
 
     # -- manifests -----------------------------------------------------------------------------
 
@@ -307,6 +351,14 @@ def _is_tag(tag: str) -> bool:
     except ReferenceError:
         return False
     return tag.isascii()
+
+
+def _is_repository(name: str) -> bool:
+    try:
+        check_repository_path(name)
+    except ReferenceError:
+        return False
+    return True
 
 
 def _repo_path(repo: str) -> str:

@@ -15,6 +15,11 @@ default registry/namespace) per value:
 A value may also be a mapping, the extended form: ``target: repo`` or ``targets: [repo, ...]`` (the same
 target strings; neither: the default target) plus tag filters (``semver``, ``prereleases``, ``exclude``,
 ``latest``: :mod:`imagesync.engine.tagfilter`), which narrow the tags an all-tags or ``/regex/`` source lists.
+
+A source ending in ``/`` is a whole registry (``host/``) or a namespace (``host/team/``): its repositories
+come from the registry's ``_catalog``, narrowed by the extended form's ``repositories: {include, exclude}``
+globs (matched against the path below the prefix), and each goes to the target prefix (``host2/mirror/``,
+also ending in ``/``) under the same relative path (:func:`expand_prefix_rule`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import re
 import re._compiler
 import re._parser as sre_parse  # the stdlib's own parse tree, to inspect a user's pattern before it runs
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imagesync.engine.errors import RuleError
@@ -34,6 +39,7 @@ from imagesync.engine.reference import (
     Repository,
     check_digest,
     check_tag,
+    parse_prefix,
     parse_repository,
     split_reference,
 )
@@ -184,24 +190,89 @@ def check_tag_regex(regex: str) -> re.Pattern[str]:
     return pattern
 
 
+# Repository globs (``repositories: {include, exclude}``): bounded, and matched component by component
+# with no backtracking beyond one component, so a hostile pattern or catalog name costs little.
+MAX_REPOSITORY_PATTERNS = 64
+MAX_REPOSITORY_PATTERN_LENGTH = 256
+_GLOB_CHARS = re.compile(r"[a-z0-9._\-*?/]+")
+
+
+def _component_match(pattern: str, text: str) -> bool:
+    """``*`` (any run) and ``?`` (one character) within one path component; linear-ish two-pointer match."""
+    p = t = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if p < len(pattern) and (pattern[p] == "?" or pattern[p] == text[t]):
+            p, t = p + 1, t + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, t, p + 1
+        elif star >= 0:
+            p, mark = star + 1, mark + 1
+            t = mark
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """A repository glob against a relative path: ``*``/``?`` within a component, ``**`` (a whole component)
+    any number of components, zero included: ``**`` is everything, ``tools/**`` everything under tools."""
+    parts, names = pattern.split("/"), path.split("/")
+    memo: dict[tuple[int, int], bool] = {}
+
+    def match(i: int, j: int) -> bool:
+        key = (i, j)
+        if key not in memo:
+            if i == len(parts):
+                memo[key] = j == len(names)
+            elif parts[i] == "**":
+                memo[key] = any(match(i + 1, k) for k in range(j, len(names) + 1))
+            else:
+                memo[key] = j < len(names) and _component_match(parts[i], names[j]) and match(i + 1, j + 1)
+        return memo[key]
+
+    return match(0, 0)
+
+
+@dataclass(frozen=True)
+class RepositorySelector:
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+
+    def selects(self, relative: str) -> bool:
+        return (any(glob_match(p, relative) for p in self.include)
+                and not any(glob_match(p, relative) for p in self.exclude))
+
+
 @dataclass(frozen=True)
 class SourceSpec:
-    repo: Repository
+    repo: Repository  # for a prefix source, the namespace ("" for a whole registry)
     tags: tuple[str, ...] = ()
     regex: str | None = None
     digest: str | None = None
     tag_filter: TagFilter | None = None  # the extended form's filters, applied to the listed tags
+    prefix: bool = False  # a whole registry or namespace: repositories from _catalog
+    selector: RepositorySelector = field(default_factory=RepositorySelector)
 
     @property
     def all_tags(self) -> bool:
         return not self.tags and self.regex is None and self.digest is None
 
+    def relative(self, path: str) -> str | None:
+        """A catalog path below this prefix source, relative to it; None when it is not below it."""
+        if not self.repo.path:
+            return path
+        return path[len(self.repo.path) + 1:] if path.startswith(self.repo.path + "/") else None
+
 
 @dataclass(frozen=True)
 class TargetSpec:
-    repo: Repository
+    repo: Repository  # for a prefix target, the namespace ("" for a whole registry)
     tags: tuple[str, ...] = ()
     digest: str | None = None
+    prefix: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,9 +290,16 @@ class ImagePair:
 
 
 def _parse_source(text: str) -> SourceSpec:
+    if text.endswith("/") and ":/" not in text:
+        # A whole registry (host/) or namespace (host/team/): a repository name never ends with '/'.
+        return SourceSpec(parse_prefix(text), prefix=True)
     if ":/" in text and text.endswith("/"):
         # A tag regex may itself hold ':' and '/': the repository name ends at the first ':/'.
         name, _, pattern = text.partition(":/")
+        if name.endswith("/"):
+            raise ReferenceError("a tag regex cannot follow a registry or namespace prefix: write the prefix "
+                                 "alone (host/team/) and narrow its tags with the mapping form (exclude, semver, "
+                                 "latest)")
         regex = pattern[:-1]
         if not regex:
             raise ReferenceError("empty tag regex: write repo:/regex/")
@@ -242,6 +320,16 @@ def _parse_source(text: str) -> SourceSpec:
 
 
 def _parse_target(text: str, source: SourceSpec) -> TargetSpec:
+    if source.prefix:
+        if not text.endswith("/"):
+            what = "names a namespace, not a repository" if source.repo.path else \
+                "names a registry but no repository"
+            raise ReferenceError(f"the source {what}: that is a whole-registry or namespace source, whose target "
+                                 f"must be a prefix too: end it with '/' (host/ or host/namespace/), not "
+                                 f"{_shown(text)!r}")
+        return TargetSpec(parse_prefix(text), prefix=True)
+    if text.endswith("/") and ":/" not in text:
+        raise ReferenceError("a registry or namespace target (ending in '/') needs a registry or namespace source")
     name, tag_part, digest = split_reference(text)
     repo = parse_repository(name)
     if digest is not None:
@@ -269,6 +357,8 @@ def _default_target(source: SourceSpec, default_registry: str | None, default_na
     if not default_registry or not default_namespace:
         raise ReferenceError("the target is empty and no default registry and namespace are set "
                              "(--registry/--namespace or DEFAULT_REGISTRY/DEFAULT_NAMESPACE)")
+    if source.prefix:
+        return f"{default_registry}/{default_namespace}/"
     return f"{default_registry}/{default_namespace}/{source.repo.path.rsplit('/', 1)[-1]}"
 
 
@@ -283,6 +373,7 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
         source_text = str(key).strip()
         targets: list[object]
         tag_filter: TagFilter | None = None
+        selector: RepositorySelector | None = None
         if value is None or value == "":
             targets = [None]
         elif isinstance(value, str):
@@ -291,7 +382,7 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
             targets = list(value)
         elif isinstance(value, Mapping):
             try:
-                targets, tag_filter = _parse_extended(value)
+                targets, tag_filter, selector = _parse_extended(value)
             except FilterError as exc:
                 errors.append(RuleError(source_text, str(exc)))
                 continue
@@ -306,6 +397,11 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
                     raise ReferenceError("semver, exclude and latest filter the tags the source lists: use them "
                                          "with repo (every tag) or repo:/regex/, not a tag list or a digest")
                 source = replace(source, tag_filter=tag_filter)
+            if selector is not None:
+                if not source.prefix:
+                    raise ReferenceError("repositories (include/exclude) selects among a registry's or namespace's "
+                                         "repositories: use it with a source ending in '/' (host/ or host/team/)")
+                source = replace(source, selector=selector)
         except ReferenceError as exc:
             errors.append(RuleError(f"{source_text} -> {_describe_targets(targets)}", f"source: {exc}"))
             continue
@@ -323,10 +419,36 @@ def parse_rules(images: Mapping[str, object], default_registry: str | None = Non
     return rules, errors
 
 
-_EXTENDED_KEYS = ("target", "targets", *FILTER_KEYS)
+_EXTENDED_KEYS = ("target", "targets", "repositories", *FILTER_KEYS)
 
 
-def _parse_extended(value: Mapping[Any, object]) -> tuple[list[object], TagFilter | None]:
+def _patterns(value: object, key: str) -> tuple[str, ...]:
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise FilterError(f"repositories.{key} must be a non-empty glob or a non-empty list of them")
+    if len(patterns) > MAX_REPOSITORY_PATTERNS:
+        raise FilterError(f"repositories.{key}: more than {MAX_REPOSITORY_PATTERNS} patterns")
+    for pattern in patterns:
+        if len(pattern) > MAX_REPOSITORY_PATTERN_LENGTH:
+            raise FilterError(f"repositories.{key}: a pattern longer than {MAX_REPOSITORY_PATTERN_LENGTH} characters")
+        if not _GLOB_CHARS.fullmatch(pattern) or "" in pattern.split("/"):
+            raise FilterError(f"repositories.{key}: {_shown(pattern)!r} is not a repository glob (lower-case "
+                              f"path characters, '/' between components, and the wildcards *, ?, **)")
+    return tuple(patterns)
+
+
+def _parse_selector(value: object) -> RepositorySelector:
+    if not isinstance(value, Mapping) or not value:
+        raise FilterError("repositories must be a mapping with include and/or exclude (repository globs)")
+    unknown = [str(key) for key in value if key not in ("include", "exclude")]
+    if unknown:
+        raise FilterError(f"repositories: unknown key(s) {', '.join(map(repr, unknown))[:_SHOWN_CHARS]} "
+                          f"(known: include, exclude)")
+    return RepositorySelector(_patterns(value["include"], "include") if "include" in value else ("**",),
+                              _patterns(value["exclude"], "exclude") if "exclude" in value else ())
+
+
+def _parse_extended(value: Mapping[Any, object]) -> tuple[list[object], TagFilter | None, RepositorySelector | None]:
     """The targets and the tag filter of a rule written as a mapping, or a FilterError naming the key."""
     unknown = [str(key) for key in value if key not in _EXTENDED_KEYS]
     if unknown:
@@ -345,7 +467,8 @@ def _parse_extended(value: Mapping[Any, object]) -> tuple[list[object], TagFilte
         if target is not None and not isinstance(target, str):
             raise FilterError(f"target must be a string (or targets: a list), got {_shown(target)}")
         targets = [target or None]
-    return targets, parse_tag_filter(value, check_tag_regex)
+    selector = _parse_selector(value["repositories"]) if "repositories" in value else None
+    return targets, parse_tag_filter(value, check_tag_regex), selector
 
 
 _SHOWN_CHARS = 120
@@ -365,9 +488,28 @@ def source_needs_tag_list(rule: Rule) -> bool:
     return rule.source.all_tags or rule.source.regex is not None
 
 
+def expand_prefix_rule(rule: Rule, catalog: Sequence[str]) -> list[Rule]:
+    """A registry/namespace rule -> one all-tags rule per catalog repository below its prefix that its
+    ``repositories`` globs select, each to the target prefix under the same relative path (tag filters kept).
+    ``catalog`` holds repository paths already checked against the name grammar."""
+    source, target = rule.source, rule.target
+    rules = []
+    for path in sorted(set(catalog)):
+        relative = source.relative(path)
+        if relative is None or not source.selector.selects(relative):
+            continue
+        target_path = f"{target.repo.path}/{relative}" if target.repo.path else relative
+        rules.append(Rule(rule.text,
+                          SourceSpec(Repository(source.repo.registry, path), tag_filter=source.tag_filter),
+                          TargetSpec(Repository(target.repo.registry, target_path))))
+    return rules
+
+
 def expand_rule(rule: Rule, source_tags: Sequence[str] | None = None) -> list[ImagePair]:
     """The image pairs a rule stands for, given the source's tags when the rule needs them."""
     source, target = rule.source, rule.target
+    if source.prefix:
+        raise RuleError(rule.text, "a registry or namespace rule is expanded from the catalog first")
     if source.digest is not None:
         target_tag = target.tags[0] if target.tags else None
         return [ImagePair(ImageRef(source.repo, digest=source.digest),

@@ -64,7 +64,8 @@ def load_options(path: Path) -> WorkerOptions:
     try:
         sync_options = SyncOptions(
             proc=max(1, int(raw.get("proc", 5))), retries=max(0, int(raw.get("retries", 2))),
-            force=bool(raw.get("force", False)), qps=float(raw["qps"]) if raw.get("qps") else None,
+            force=bool(raw.get("force", False)), skip_existing=bool(raw.get("skipExisting", False)),
+            qps=float(raw["qps"]) if raw.get("qps") else None,
             platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ()),
                                      tuple(raw.get("platforms") or ())),
         )
