@@ -728,6 +728,29 @@ def test_every_example_and_deploy_manifest_is_accepted_by_the_api_server(cluster
             "ServiceAccount", "Namespace"} <= seen, seen
 
 
+@pytest.mark.parametrize("inputs", [
+    ["--config", "examples/image-syncer/config.json"],
+    ["--auth", "examples/image-syncer/auth.yaml", "--images", "examples/image-syncer/images.yaml"],
+    ["--securityFile", "examples/image-transfer/registry-secret.yaml",
+     "--ruleFile", "examples/image-transfer/transfer-rule.yaml", "--default-registry", "registry.example.com",
+     "--default-namespace", "mirror"],
+    ["--config", "examples/image-syncer/config.json", "--no-secrets"],
+], ids=["image-syncer-config", "image-syncer-auth-images", "image-transfer", "no-secrets"])
+def test_convert_output_is_accepted_by_the_api_server(cluster: Cluster, inputs: list[str]) -> None:
+    """`imagesync convert` output, as a GitOps repository would hold it, passes a server-side dry run."""
+    import kubernetes
+
+    done = subprocess.run([sys.executable, "-m", "imagesync.cli.main", "convert", *inputs, "--name", "converted"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    documents = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert {"ImageSyncJob", "RegistryCredential", "Secret"} <= {d["kind"] for d in documents}
+    dynamic = kubernetes.dynamic.DynamicClient(cluster.api)
+    for doc in documents:
+        resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        dynamic.create(resource, body=doc, namespace=cluster.namespace, dry_run="All")
+
+
 @pytest.mark.usefixtures("operator")
 async def test_private_registries_through_secrets_and_no_credential_leaks(
         cluster: Cluster, make_registry: Callable[..., Any]) -> None:
