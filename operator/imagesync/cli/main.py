@@ -34,6 +34,7 @@ from imagesync.engine.reference import ReferenceError, check_registry_host, pars
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
 from imagesync.engine.stats import SyncStats
+from imagesync.engine.transport import parse_rate
 
 EXIT_OK = 0
 EXIT_IMAGES_FAILED = 1
@@ -64,6 +65,13 @@ def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     files = parser.add_argument_group("configuration files (image-syncer's formats, JSON or YAML)")
     files.add_argument("--auth", metavar="FILE", help="credentials file (default: ./auth.json if present)")
@@ -80,6 +88,10 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
                      help="extra rounds for images that failed transiently (default 2)")
     run.add_argument("--qps", type=_positive(float), default=None,
                      help="request rate limit per registry (requests/second; default unlimited)")
+    run.add_argument("--limit-rate", type=_rate, default=None, metavar="RATE",
+                     help="bandwidth limit per registry, uploads and downloads together, e.g. 50MiB/s, 20M, "
+                          "512KiB (K/M/G = 1000^n, Ki/Mi/Gi = 1024^n; an auth entry's limitRate wins for its "
+                          "registry; default unlimited)")
     run.add_argument("--os", action="append", metavar="OS[:VERSION]",
                      help="copy only these platforms' OS from indexes (rewrites the index: new digest)")
     run.add_argument("--arch", action="append", metavar="ARCH[:VARIANT]",
@@ -236,6 +248,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def options_from(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(proc=max(1, args.proc), retries=args.retries, force=args.force, qps=args.qps or None,
+                       limit_rate=args.limit_rate,
                        skip_existing=args.skip_existing,
                        platforms=PlatformFilter(_split_list(args.os), _split_list(args.arch)),
                        ca_file=args.ca_file,

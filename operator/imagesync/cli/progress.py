@@ -227,6 +227,10 @@ def summary(stats: SyncStats) -> str:
         f"Transferred {human_bytes(stats.bytes_copied)} in {seconds:.2f} s "
         f"({stats.bytes_copied / seconds / 1e6:.1f} MB/s)",
     ]
+    for host, quota in stats.quotas.items():
+        limit = f" of {quota['limit']}" if "limit" in quota else ""
+        window = f" per {human_duration(float(quota['windowSeconds']))}" if "windowSeconds" in quota else ""
+        lines.append(f"Request quota of {host}: {quota['remaining']}{limit}{window} left")
     notes = [o for o in stats.outcomes.values() if o.note]
     if notes:
         lines.append("Notes:")

@@ -21,6 +21,7 @@ from yaml.constructor import ConstructorError
 
 from imagesync.engine.errors import ConfigError
 from imagesync.engine.reference import ReferenceError, Repository, check_registry_host, normalise_registry
+from imagesync.engine.transport import parse_rate
 
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _ENV_BRACED = re.compile(r"(\$?)\$\{(" + _ENV_NAME + r")\}")  # ${VAR}, or $${VAR} (escaped)
@@ -70,6 +71,7 @@ class AuthEntry:
     ca_file: str | None = None
     skip_tls_verify: bool = False  # HTTPS without certificate verification; never plain HTTP
     plain_http: bool = False  # plain HTTP only, credentials included: the user said so for this registry
+    limit_rate: float | None = None  # bytes/second to and from this registry (limitRate), else --limit-rate
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,13 @@ class AuthTable:
             if prefix.matches(repo) and (best is None or len(prefix.path) > best[0]):
                 best = (len(prefix.path), entry)
         return best[1] if best else None
+
+    def limit_rate(self, repo: Repository) -> float | None:
+        """The limitRate of ``repo``'s registry: the bandwidth limit is per registry host, so among entries
+        for namespaces of one registry the smallest limit applies to all of them."""
+        rates = [entry.limit_rate for prefix, entry in self._entries
+                 if prefix.registry == repo.registry and entry.limit_rate is not None]
+        return min(rates) if rates else None
 
 
 def strip_json_comments(text: str) -> str:
@@ -335,7 +344,7 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expa
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: auth entry {key!r} must be a mapping with username/password/insecure")
         unknown = set(value) - {"username", "password", "insecure", "caFile", "ca_file", "skipTLSVerify",
-                                "plainHTTP"}
+                                "plainHTTP", "limitRate"}
         if unknown:
             raise ConfigError(f"{source}: auth entry {key!r}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         flags: dict[str, Any] = {}
@@ -357,8 +366,21 @@ def parse_auth(document: Any, source: str, base_dir: Path | None = None, *, expa
             given, missing = ("username", "password") if password is None else ("password", "username")
             raise ConfigError(f"{source}: auth entry {key!r}: {given} without {missing}")
         entries[key] = AuthEntry(key, username, password, flags["insecure"], ca_file,
-                                 skip_tls_verify=flags["skipTLSVerify"], plain_http=flags["plainHTTP"])
+                                 skip_tls_verify=flags["skipTLSVerify"], plain_http=flags["plainHTTP"],
+                                 limit_rate=_limit_rate(source, key, value.get("limitRate")))
     return AuthTable(entries)
+
+
+def _limit_rate(source: str, key: str, value: Any) -> float | None:
+    """``limitRate: 20MiB/s`` (or a number of bytes per second): the bandwidth limit for this registry."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{source}: auth entry {key!r}: limitRate must be a rate such as 20MiB/s")
+    try:
+        return parse_rate(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: auth entry {key!r}: limitRate: {exc}") from None
 
 
 def check_tls_settings(skip_tls_verify: bool, plain_http: bool, ca_file: bool, culprit: str) -> None:

@@ -39,7 +39,7 @@ from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions
 from imagesync.engine.registry import RegistryClient, RepositoryList
 from imagesync.engine.rules import ImagePair, Rule, expand_prefix_rule, expand_rule, shard, source_needs_tag_list
 from imagesync.engine.stats import ImageOutcome, SyncStats
-from imagesync.engine.transport import Endpoint, RateLimiter, RegistryHTTP, RetryPolicy
+from imagesync.engine.transport import ByteBucket, Endpoint, QuotaGate, RateLimiter, RegistryHTTP, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class SyncOptions:
     # (nor compared: a tag moved at the source is not noticed). For registries whose tags are immutable.
     skip_existing: bool = False
     qps: float | None = None
+    limit_rate: float | None = None  # bytes/second per registry, up and down (--limit-rate; limitRate wins)
     ca_file: str | None = None  # trusted for every HTTPS registry without a caFile of its own
     platforms: PlatformFilter = field(default_factory=PlatformFilter)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -78,6 +79,8 @@ class Registries:
         self._transport_factory = transport_factory
         self._clients: dict[tuple[str, str | None], RegistryClient] = {}
         self._limiters: dict[str, RateLimiter] = {}
+        self._buckets: dict[str, ByteBucket | None] = {}
+        self._gates: dict[str, QuotaGate] = {}
 
     def client_for(self, repo: Repository) -> RegistryClient:
         entry = self._auth.lookup(repo)
@@ -96,11 +99,16 @@ class Registries:
             limiter = None
             if self._options.qps:
                 limiter = self._limiters.setdefault(repo.api_host, RateLimiter(self._options.qps))
+            if repo.api_host not in self._buckets:
+                rate = self._auth.limit_rate(repo) or self._options.limit_rate
+                self._buckets[repo.api_host] = ByteBucket(rate) if rate else None
+            gate = self._gates.setdefault(repo.api_host, QuotaGate())
             transport = self._transport_factory(endpoint) if self._transport_factory else None
             # proc + 2 request slots: each blob transfer holds at most a GET and a PATCH, and at most proc
             # transfers run, so this never deadlocks even when source and target are one registry.
             # More slots only cost CPU: httpcore rescans its pool per waiting request.
-            http = RegistryHTTP(endpoint, limiter=limiter, retry=self._options.retry_policy,
+            http = RegistryHTTP(endpoint, limiter=limiter, bandwidth=self._buckets[repo.api_host], quota=gate,
+                                retry=self._options.retry_policy,
                                 max_connections=self._options.proc + 2, transport=transport)
             client = self._clients[key] = RegistryClient(http)
         return client
@@ -111,6 +119,10 @@ class Registries:
                 if key and client.http.endpoint.has_credentials and client.http.requests_sent]
         refused = sorted({key for key, http in used if http.login_refused})
         return sorted({key for key, _ in used} - set(refused)), refused
+
+    def quotas(self) -> dict[str, dict[str, float | int]]:
+        """The request quota each registry last announced (ratelimit-* headers), by host."""
+        return {host: gate.announced.as_dict() for host, gate in sorted(self._gates.items()) if gate.announced}
 
     @property
     def requests_sent(self) -> int:
@@ -498,4 +510,5 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
     finally:
         syncer.stats.finished = time.monotonic()
         syncer.stats.logins_accepted, syncer.stats.logins_rejected = registries.login_results()
+        syncer.stats.quotas = registries.quotas()
         await registries.aclose()

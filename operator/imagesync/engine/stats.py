@@ -67,6 +67,9 @@ class SyncStats:
     # Auth keys (registry or registry/namespace) whose credentials were used and accepted / refused.
     logins_accepted: list[str] = field(default_factory=list)
     logins_rejected: list[str] = field(default_factory=list)
+    # The request quota each registry last announced (ratelimit-* headers), by host: remaining, and limit,
+    # windowSeconds, resetSeconds when announced. Empty when no registry announced one.
+    quotas: dict[str, dict[str, float | int]] = field(default_factory=dict)
     # Referrers (signatures, attestations, SBOMs) by target reference: copied, skipped (already there) or
     # failed; a retried image's artifacts replace their earlier outcome.
     referrers: dict[str, ReferrerOutcome] = field(default_factory=dict)
@@ -112,7 +115,7 @@ class SyncStats:
 
     def snapshot(self, *, done: bool = False) -> dict[str, Any]:
         failed = self.failed()
-        return {
+        data = {
             "imagesTotal": self.images_total,
             "imagesSynced": self.count("synced"),
             "imagesSkipped": self.count("skipped"),
@@ -133,6 +136,9 @@ class SyncStats:
             "loginsAccepted": list(self.logins_accepted),
             "loginsRejected": list(self.logins_rejected),
         }
+        if self.quotas:  # only when a registry announced a quota
+            data["registryQuotas"] = {host: dict(quota) for host, quota in self.quotas.items()}
+        return data
 
     def result(self) -> dict[str, Any]:
         """The full result file: every success and every failure, no cap."""

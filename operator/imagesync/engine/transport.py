@@ -29,14 +29,16 @@ A registry is not trusted beyond its own answers (issue 11):
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import logging
+import math
 import random
 import re
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,9 @@ class RetryPolicy:
     max_delay: float = 10.0
     # A registry asking us to wait longer than this is treated as an outage, not throttling.
     max_retry_after: float = 60.0
+    # The longest we wait for an announced request quota to reset before failing the request instead
+    # (Docker Hub's window is six hours: a run does not sit that long, it fails the images left and says why).
+    max_quota_wait: float = 900.0
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff: spreads retries of many concurrent transfers apart."""
@@ -147,8 +152,10 @@ def parse_retry_after(value: str | None) -> float | None:
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # "-0000" (RFC 5322's unknown zone) parses naive: HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -167,6 +174,276 @@ class RateLimiter:
             self._next = max(now, self._next) + self._interval
         if wait > 0:
             await asyncio.sleep(wait)
+
+
+# -- bandwidth and quota (issue 10, points 3 and 4) ---------------------------------------------------
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*(?:/\s*s)?\s*$", re.IGNORECASE)
+_UNIT_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_rate(text: str) -> float:
+    """Bytes per second from ``50MiB/s``, ``20M``, ``1.5GB/s``, ``512k`` or ``1000000``.
+
+    K/M/G/T are powers of 1000, Ki/Mi/Gi/Ti powers of 1024; the ``B`` and the ``/s`` are optional. The
+    one error names the value and the accepted forms.
+    """
+    match = _RATE.match(str(text))
+    value = float(match.group(1)) if match else 0.0
+    if not match or (match.group(3) and not match.group(2)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{clip(str(text), 60)!r} is not a rate: use a positive number of bytes per second "
+                         f"with an optional unit, e.g. 50MiB/s, 20M, 512KiB, 1.5GB/s (K, M, G = 1000^n; "
+                         f"Ki, Mi, Gi = 1024^n)")
+    base = 1024 if match.group(3) else 1000
+    rate = value * float(base ** _UNIT_POWER[match.group(2).lower()])
+    if rate < 1:
+        raise ValueError(f"{clip(str(text), 60)!r} is less than one byte per second")
+    return rate
+
+
+def format_rate(rate: float) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if rate >= size:
+            return f"{rate / size:.4g} {unit}/s"
+    return f"{rate:.4g} B/s"
+
+
+class ByteBucket:
+    """A token bucket over body bytes, shared by every transfer to or from one registry (``--limit-rate``).
+
+    ``rate`` bytes flow in per second up to ``burst``. :meth:`reserve` takes ``n`` bytes at once, going
+    into debt when the bucket holds fewer, and answers how long the caller must wait before they may
+    move: later callers queue behind that debt, so the long-run rate is ``rate`` however many transfers
+    share the bucket and however large their chunks are. Pure apart from the clock (injectable).
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = float(rate)
+        # A tenth of a second of traffic (at least 64 KiB): enough to keep chunks flowing, too little to
+        # show as a burst in any per-second graph of the link.
+        self.burst = float(burst) if burst is not None else max(self.rate / 10, 64 * 1024.0)
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def reserve(self, n: int) -> float:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= n
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
+
+    async def acquire(self, n: int) -> None:
+        wait = self.reserve(n)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class _MeteredStream(httpx.AsyncByteStream):
+    """A response body read through a :class:`ByteBucket`."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, bucket: ByteBucket) -> None:
+        self._inner = inner
+        self._bucket = bucket
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            await self._bucket.acquire(len(chunk))
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _metered(content: AsyncIterator[bytes], bucket: ByteBucket) -> AsyncIterator[bytes]:
+    async for chunk in content:
+        await bucket.acquire(len(chunk))
+        yield chunk
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A request quota a registry announced: Docker Hub's ``ratelimit-limit: 100;w=21600`` and
+    ``ratelimit-remaining: 76;w=21600``, or the IETF draft's ``RateLimit-Limit`` / ``-Remaining`` /
+    ``-Reset`` (seconds; an epoch timestamp is read as one) or its combined ``RateLimit: limit=100,
+    remaining=50, reset=30``."""
+
+    remaining: int
+    limit: int | None = None
+    window: float | None = None  # seconds (the w= parameter)
+    reset: float | None = None  # seconds until the window resets, when announced
+
+    def as_dict(self) -> dict[str, float | int]:
+        data: dict[str, float | int] = {"remaining": self.remaining}
+        if self.limit is not None:
+            data["limit"] = self.limit
+        if self.window is not None:
+            data["windowSeconds"] = self.window
+        if self.reset is not None:
+            data["resetSeconds"] = round(self.reset, 3)
+        return data
+
+
+_QUOTA_ITEM = re.compile(r"^\s*(\d+)\s*((?:;[^,]*)?)$")
+_QUOTA_WINDOW = re.compile(r";\s*w\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_QUOTA_PARAM = re.compile(r"\b(limit|remaining|reset)\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def _quota_value(header: str | None) -> tuple[int, float | None] | None:
+    """The smallest value of a header such as ``76;w=21600`` or ``10, 10;w=1, 1000;w=3600`` and its window."""
+    if not header:
+        return None
+    best: tuple[int, float | None] | None = None
+    for item in header.split(","):
+        match = _QUOTA_ITEM.match(item)
+        if not match:
+            continue
+        window = _QUOTA_WINDOW.search(match.group(2))
+        value = (int(match.group(1)), float(window.group(1)) if window else None)
+        if best is None or value[0] < best[0]:
+            best = value
+    return best
+
+
+def _reset_seconds(value: float, now: float | None = None) -> float:
+    # Some servers send the epoch time of the reset rather than the delay the draft specifies.
+    if value > 1e9:
+        return max(0.0, value - (time.time() if now is None else now))
+    return value
+
+
+def parse_quota(headers: Mapping[str, str]) -> Quota | None:
+    """The quota a response announces, or None. ``headers`` is case-insensitive (httpx.Headers)."""
+    combined = headers.get("ratelimit")
+    if combined:
+        params = {m.group(1).lower(): float(m.group(2)) for m in _QUOTA_PARAM.finditer(combined)}
+        if "remaining" in params:
+            return Quota(int(params["remaining"]), int(params["limit"]) if "limit" in params else None,
+                         reset=_reset_seconds(params["reset"]) if "reset" in params else None)
+    remaining = _quota_value(headers.get("ratelimit-remaining"))
+    if remaining is None:
+        return None
+    limit = _quota_value(headers.get("ratelimit-limit"))
+    reset_text = (headers.get("ratelimit-reset") or "").split(",")[0].strip()
+    reset = _reset_seconds(float(reset_text)) if re.fullmatch(r"\d+(?:\.\d+)?", reset_text) else None
+    window = remaining[1] if remaining[1] is not None else (limit[1] if limit else None)
+    return Quota(remaining[0], limit[0] if limit else None, window, reset)
+
+
+# How long we assume a window lasts when a registry announces a quota but neither a window nor a reset.
+DEFAULT_QUOTA_WINDOW = 60.0
+
+
+class QuotaGate:
+    """Registry rate-limit etiquette: stop before an announced quota runs out, not after a 429.
+
+    One per registry host. Once the registry has announced a quota (:meth:`observe`), every request
+    that counts against it takes one from our estimate of what is left (:meth:`reserve`); at ``reserve``
+    left, further requests wait until the window resets. The estimate is conservative: the registry's
+    ``remaining`` minus our other requests still in flight (the registry may not have counted them
+    yet), and within one window it only goes down, so a late answer carrying an older, higher number
+    cannot reopen the gate. Without an announced reset we assume the window ends ``w`` seconds (the
+    announced window) after we learned the quota, which is never earlier than the registry's own reset.
+    At the reset the estimate becomes the announced limit (or one probe when none was announced), so
+    waiting requests do not all rush out at once. Pure apart from the clock (injectable).
+
+    What counts: a pull as Docker Hub defines it (``GET`` of a manifest), plus any other kind of request
+    (method and the manifests/blobs/tags/other part of the path) whose answers carried quota headers.
+    ``HEAD`` never counts: Docker Hub documents it as free, and a registry that counts it still
+    corrects our estimate with its headers.
+    """
+
+    def __init__(self, *, reserve: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reserve_left = reserve
+        self._clock = clock
+        self.announced: Quota | None = None  # the latest quota the registry announced, for the summary
+        self._estimate: int | None = None  # requests we may still send in this window; None: no quota known
+        self._reset_at: float | None = None
+        self._window: float | None = None
+        self._generation = 0
+        self._in_flight = 0
+        self._counted_kinds: set[tuple[str, str]] = set()
+        self._logged_generation = -1
+
+    @staticmethod
+    def kind(method: str, path: str) -> tuple[str, str]:
+        part = path.split("?", 1)[0]
+        for name in ("manifests", "blobs", "tags", "referrers"):
+            if f"/{name}/" in part:
+                return method.upper(), name
+        return method.upper(), "other"
+
+    def counts(self, method: str, path: str) -> bool:
+        kind = self.kind(method, path)
+        if kind[0] == "HEAD":
+            return False
+        return kind == ("GET", "manifests") or kind in self._counted_kinds
+
+    def _roll(self, now: float) -> None:
+        if self._reset_at is not None and now >= self._reset_at:
+            limit = self.announced.limit if self.announced else None
+            self._generation += 1
+            self._estimate = max(limit - self._in_flight, 1) if limit is not None else 1
+            self._reset_at = now + (self._window or DEFAULT_QUOTA_WINDOW)
+
+    def reserve(self) -> tuple[float, int]:
+        """(0, generation) when a counted request may go now (it is then in flight until :meth:`release`),
+        else (seconds to wait before asking again, -1)."""
+        now = self._clock()
+        self._roll(now)
+        if self._estimate is not None:
+            if self._estimate <= self.reserve_left:
+                assert self._reset_at is not None
+                return max(self._reset_at - now, 0.001), -1
+            self._estimate -= 1
+        self._in_flight += 1
+        return 0.0, self._generation
+
+    def first_wait_in_window(self) -> bool:
+        """True once per window, for one log line however many requests wait."""
+        if self._logged_generation == self._generation:
+            return False
+        self._logged_generation = self._generation
+        return True
+
+    def release(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+
+    def observe(self, quota: Quota | None, *, method: str = "GET", path: str = "/", counted: bool = False,
+                generation: int | None = None, status: int = 200, retry_after: float | None = None) -> None:
+        """Learn from one answer (``counted``: the request holds a reservation of ``generation`` and is still
+        in flight). Once a quota is known, a 429 empties the estimate until Retry-After (at least) has passed."""
+        now = self._clock()
+        self._roll(now)
+        if quota is None and (status != 429 or self._estimate is None):
+            return
+        if quota is not None:
+            self.announced = quota
+            kind = self.kind(method, path)
+            if kind[0] != "HEAD":
+                self._counted_kinds.add(kind)
+            if quota.window:
+                self._window = quota.window
+        if self._estimate is not None and generation is not None and generation != self._generation:
+            return  # sent in an earlier window: its numbers say nothing about this one
+        others = self._in_flight - (1 if counted else 0)
+        estimate = (0 if status == 429 or quota is None else quota.remaining) - others
+        if quota is not None and quota.reset is not None:
+            ends = now + quota.reset
+        else:
+            ends = now + (self._window or DEFAULT_QUOTA_WINDOW)
+        if self._estimate is None or self._reset_at is None:
+            self._estimate, self._reset_at = estimate, ends
+            return
+        # Same window: never raise the estimate (a late answer may carry an older number).
+        self._estimate = min(self._estimate, estimate)
+        if quota is not None and quota.reset is not None:
+            self._reset_at = ends  # the registry says when its window ends
+        if status == 429:
+            self._reset_at = max(self._reset_at, now + (retry_after if retry_after is not None else 0.0))
 
 
 @dataclass
@@ -222,6 +499,8 @@ class RegistryHTTP:
         endpoint: Endpoint,
         *,
         limiter: RateLimiter | None = None,
+        bandwidth: ByteBucket | None = None,
+        quota: QuotaGate | None = None,
         retry: RetryPolicy | None = None,
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -231,6 +510,8 @@ class RegistryHTTP:
         self.retry = retry or RetryPolicy()
         # Shared by every RegistryHTTP of one host (several credentials may address one registry).
         self._limiter = limiter
+        self._bandwidth = bandwidth  # body bytes up and down (--limit-rate / limitRate)
+        self.quota = quota or QuotaGate()  # the request quota the registry announces, if it does
         self._transport = transport
         self._timeout = timeout or httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=600.0)
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -324,6 +605,7 @@ class RegistryHTTP:
                     await read_limited(response, SMALL_BODY_MAX_BYTES)  # drained so the connection is reused
                 finally:
                     await response.aclose()
+                self._observe(response, "GET", "/v2/")
             except httpx.ConnectError:
                 raise  # wrong scheme or nothing listening: let the caller try the next candidate
             except httpx.TransportError:
@@ -489,6 +771,35 @@ class RegistryHTTP:
         if self._limiter is not None:
             await self._limiter.acquire()
 
+    def _observe(self, response: httpx.Response, method: str, path: str, generation: int | None = None) -> None:
+        self.quota.observe(parse_quota(response.headers), method=method, path=path,
+                           counted=generation is not None, generation=generation, status=response.status_code,
+                           retry_after=parse_retry_after(response.headers.get("retry-after")))
+
+    async def _await_quota(self, method: str, path: str) -> int | None:
+        """Wait while the registry's announced quota is used up; the reservation's generation, or None
+        for a request that does not count against the quota."""
+        if not self.quota.counts(method, path):
+            return None
+        started = time.monotonic()
+        while True:
+            wait, generation = self.quota.reserve()
+            if generation >= 0:
+                return generation
+            if time.monotonic() - started + wait > self.retry.max_quota_wait:
+                announced = self.quota.announced
+                what = (f"{announced.remaining} of {announced.limit} left" if announced and announced.limit
+                        else "none left")
+                raise RegistryError(
+                    f"{method} {self.endpoint.host}{_redact(path)}: the registry's request quota is used up "
+                    f"({what}); it resets in {wait:.0f} s, longer than we wait ({self.retry.max_quota_wait:.0f} s)",
+                    status=429, code="TOOMANYREQUESTS", retryable=False)
+            if self.quota.first_wait_in_window():
+                log.info("%s: announced request quota used up, waiting up to %.1f s for its window to reset",
+                         self.endpoint.host, wait)
+            # Ask again at least every second: an answer still in flight may announce an earlier reset.
+            await asyncio.sleep(min(wait, 1.0))
+
     def _delay(self, response: httpx.Response, attempt: int) -> float:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if retry_after is not None:
@@ -573,6 +884,9 @@ class RegistryHTTP:
         assert self._client is not None
         replayable = content is None or isinstance(content, bytes)
         attempts = self.retry.attempts if replayable else 1
+        bucket = self._bandwidth
+        if bucket is not None and content is not None and not isinstance(content, bytes):
+            content = _metered(content, bucket)  # sent once (not replayable): wrapped once
         reauthed = False
         attempt = 0
         while True:
@@ -583,9 +897,13 @@ class RegistryHTTP:
                 request_headers.update(await self._auth_header(scopes))
             request = self._client.build_request(method, url, headers=request_headers,
                                                  content=content, params=params)
+            if bucket is not None and isinstance(content, bytes):
+                await bucket.acquire(len(content))
+            generation = await self._await_quota(method, path)
             try:
                 self.requests_sent += 1
                 response = await self._client.send(request, stream=True)
+                self._observe(response, method, path, generation)
             except httpx.TransportError as exc:
                 attempt += 1
                 if attempt >= attempts:
@@ -594,6 +912,9 @@ class RegistryHTTP:
                 log.debug("retrying %s %s after %s", method, _redact(path), _describe(exc))
                 await asyncio.sleep(self.retry.backoff(attempt - 1))
                 continue
+            finally:
+                if generation is not None:
+                    self.quota.release()
             if (response.status_code == 401 and not reauthed and replayable
                     and self._same_origin(response.url)):
                 try:
@@ -617,6 +938,9 @@ class RegistryHTTP:
                 log.debug("retrying %s %s after %s in %.2fs", method, _redact(path), response.status_code, delay)
                 await asyncio.sleep(delay)
                 continue
+            if bucket is not None and method != "HEAD":
+                assert isinstance(response.stream, httpx.AsyncByteStream)
+                response.stream = _MeteredStream(response.stream, bucket)
             try:
                 yield response
             finally:
