@@ -284,3 +284,13 @@ async def test_registry_announcing_remaining_3_gets_no_fourth_pull_in_the_window
         assert seed.get_manifest(registry2, f"quota/app{i}", "1")[2] == image.digest
     assert stats.quotas[registry.host]["limit"] == 3
     assert "registryQuotas" in stats.snapshot()
+
+
+def test_summary_and_result_report_the_announced_quota() -> None:
+    from imagesync.cli.progress import summary
+    stats = SyncStats()
+    assert "registryQuotas" not in stats.result() and "quota" not in summary(stats)
+    stats.quotas = {"registry-1.docker.io": Quota(76, 100, 21600.0).as_dict()}
+    assert "Request quota of registry-1.docker.io: 76 of 100 per 6:00:00 left" in summary(stats)
+    assert stats.result()["registryQuotas"] == {"registry-1.docker.io": {"remaining": 76, "limit": 100,
+                                                                         "windowSeconds": 21600.0}}

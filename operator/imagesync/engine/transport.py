@@ -3,7 +3,10 @@
 Every request to a registry goes through :class:`RegistryHTTP`, which owns, for that host: the pooled
 keep-alive connections, the scheme (see :class:`Endpoint`: HTTPS unless the user said otherwise), authentication
 (anonymous, Basic, or Bearer tokens from the ``WWW-Authenticate`` challenge, cached per scope until they
-expire), the request-rate limit (``--qps``) and retries of transient failures with backoff.
+expire), the request-rate limit (``--qps``), the bandwidth limit (``--limit-rate`` / ``limitRate``: a
+:class:`ByteBucket` over request and response bodies, shared by every transfer to or from the host), the
+request quota the registry announces (:class:`QuotaGate`: ``ratelimit-*`` / ``RateLimit-*`` headers; pulls
+wait for the window to reset rather than earn a 429) and retries of transient failures with backoff.
 
 Callers (``registry.py``) deal in registry verbs and status codes; nothing above this module knows how a
 token is obtained or that a request was retried.
