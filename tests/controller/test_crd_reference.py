@@ -241,13 +241,15 @@ def test_the_crds_carry_no_cel_rules_while_ci_runs_kubernetes_1_20() -> None:
     assert "x-kubernetes-validations" not in text, "a 1.20 API server refuses these CRDs (module docstring)"
 
 
-def test_without_the_rules_such_tolerations_pass_the_schema_and_the_operator() -> None:
-    """The gap the rules would close: today the API server and the operator take these tolerations, and the
-    run fails later, when Kubernetes' Pod validation refuses the worker Job."""
-    spec = {"images": {"r.io/a/app:1": "t.io/a/app"}, "worker": {"tolerations": BAD_TOLERATIONS}}
+@pytest.mark.parametrize("toleration", BAD_TOLERATIONS)
+def test_without_the_rules_such_tolerations_pass_the_schema_but_not_the_operator(toleration: Any) -> None:
+    """The gap the rules would close: today the API server takes these tolerations, so the operator refuses
+    them itself (controller/spec.py), before Kubernetes' Pod validation would refuse the worker Job."""
+    spec = {"images": {"r.io/a/app:1": "t.io/a/app"}, "worker": {"tolerations": [toleration]}}
     jsonschema.validate({"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSyncJob", "metadata": {"name": "j"},
                          "spec": spec}, schema_of("ImageSyncJob"))
-    parse_job_spec(spec)  # passed through to the Pod as given
+    with pytest.raises(SpecError, match=r"^spec\.worker\.tolerations\[0\]\."):
+        parse_job_spec(spec)
 
 
 # -- the generated reference -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagesync.engine.config import auth_key_matches, check_tls_settings
-from imagesync.engine.errors import ConfigError
+from imagesync.engine.errors import ConfigError, clip
 from imagesync.engine.reference import Repository
 
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
@@ -29,6 +29,9 @@ BASIC_AUTH = "kubernetes.io/basic-auth"
 OPAQUE = "Opaque"
 OPT_IN_LABEL = "imagesync.dev/credential"
 OPT_IN_VALUE = "true"
+# Registry passwords and tokens are at most a few KiB (cloud access tokens, JWTs): anything much longer is a
+# wrong key or a pasted file, and it would not fit the run's Secret beside the others.
+MAX_SECRET_VALUE = 32 * 1024
 
 
 class CredentialError(Exception):
@@ -83,6 +86,9 @@ def _decode(secret: Mapping[str, Any], key: str) -> str | None:
     """A Secret value: ``data`` is base64 (what the API server returns); ``stringData`` is write-only
     on a real server but kept by emulators, so both are read."""
     data = secret.get("data") or {}
+    if not isinstance(data, Mapping):  # "key in data" would search a string
+        name = (secret.get("metadata") or {}).get("name", "?")
+        raise CredentialError("InvalidSecret", f"Secret {name!r}: data is not a mapping of keys to base64 values")
     if key in data:
         try:
             return base64.b64decode(data[key], validate=True).decode("utf-8")
@@ -91,7 +97,7 @@ def _decode(secret: Mapping[str, Any], key: str) -> str | None:
             raise CredentialError("InvalidSecret", f"Secret {name!r}: key {key!r} is not valid base64 text") \
                 from exc
     string_data = secret.get("stringData") or {}
-    value = string_data.get(key)
+    value = string_data.get(key) if isinstance(string_data, Mapping) else None
     return value if isinstance(value, str) else None
 
 
@@ -100,10 +106,23 @@ def _registry_host(registry: str) -> str:
 
 
 def _dockerconfig_entry(config_text: str, registry: str, secret_name: str) -> tuple[str, str]:
+    duplicates: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
     try:
-        config = json.loads(config_text)
-    except ValueError as exc:
-        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: .dockerconfigjson is not JSON") from exc
+        config = json.loads(config_text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: .dockerconfigjson is not JSON") from None
+    if duplicates:
+        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: .dockerconfigjson has the key "
+                                               f"{clip(duplicates[0], 80)!r} twice")
     auths = config.get("auths") if isinstance(config, Mapping) else None
     if not isinstance(auths, Mapping):
         raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: .dockerconfigjson has no 'auths'")
@@ -116,17 +135,22 @@ def _dockerconfig_entry(config_text: str, registry: str, secret_name: str) -> tu
 
     wanted = "docker.io" if host in hub else host
     for key, entry in auths.items():
-        if normalise(str(key)) != wanted or not isinstance(entry, Mapping):
+        if normalise(str(key)) != wanted:
             continue
+        if not isinstance(entry, Mapping):
+            raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: entry {clip(key, 80)!r} of "
+                                                   f".dockerconfigjson is not an object")
         username, password = entry.get("username"), entry.get("password")
         if isinstance(username, str) and isinstance(password, str):
             return username, password
         if isinstance(entry.get("auth"), str):
             try:
-                user, _, pw = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError) as exc:
-                raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: the 'auth' of {key!r} "
-                                                       f"is not base64 user:password") from exc
+                user, colon, pw = base64.b64decode(entry["auth"], validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user = colon = pw = ""
+            if not colon:
+                raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: the 'auth' of {clip(key, 80)!r} "
+                                                       f"is not base64 user:password") from None
             return user, pw
         raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: entry {key!r} has no credentials")
     raise CredentialError("NoEntryForRegistry",
@@ -162,8 +186,10 @@ def resolve_credential(regcred: Mapping[str, Any], secret: Mapping[str, Any] | N
                                                        f"key(s) {', '.join(missing)}")
         else:
             raise CredentialError("WrongSecretType",
-                                  f"Secret {secret_name!r} has type {secret_type!r}; expected {DOCKERCONFIGJSON}, "
-                                  f"{BASIC_AUTH}, or {OPAQUE} with username and password")
+                                  f"Secret {secret_name!r} has type {clip(str(secret_type), 80)!r}; expected "
+                                  f"{DOCKERCONFIGJSON}, {BASIC_AUTH}, or {OPAQUE} with username and password")
+        _check_login(username, password, secret_name, None if secret_type != DOCKERCONFIGJSON
+                     else f".dockerconfigjson entry for {_registry_host(registry)!r}")
     skip_tls_verify, plain_http = bool(spec.get("skipTLSVerify", False)), bool(spec.get("plainHTTP", False))
     ca_pem = _ca_pem(spec.get("caBundle"), ca_source, name)
     try:
@@ -172,6 +198,26 @@ def resolve_credential(regcred: Mapping[str, Any], secret: Mapping[str, Any] | N
         raise CredentialError("InvalidSpec", str(exc).replace("caFile", "caBundle")) from None
     return ResolvedCredential(name, registry, username, password, bool(spec.get("insecure", False)), ca_pem,
                               skip_tls_verify=skip_tls_verify, plain_http=plain_http)
+
+
+def _check_login(username: str | None, password: str | None, secret_name: str, entry: str | None) -> None:
+    """A username and password a registry can be sent (Basic auth, RFC 7617); messages name the key (or the
+    .dockerconfigjson ``entry``), never a value, not even a part of one."""
+    for key, value in (("username", username or ""), ("password", password or "")):
+        what = f"Secret {secret_name!r}: " + (f"the {key} of its {entry}" if entry else f"key {key!r}")
+        if not value:
+            raise CredentialError("InvalidSecret", f"{what} is empty")
+        if len(value) > MAX_SECRET_VALUE:
+            raise CredentialError("InvalidSecret", f"{what} is {len(value)} characters long, more than "
+                                                   f"{MAX_SECRET_VALUE}")
+        if not value.isprintable():
+            trailing = " (a trailing line break: was it encoded with echo instead of echo -n?)" \
+                if value.rstrip("\r\n").isprintable() else ""
+            raise CredentialError("InvalidSecret", f"{what} holds control characters{trailing}")
+    if ":" in (username or ""):
+        what = f"the username of its {entry}" if entry else "key 'username'"
+        raise CredentialError("InvalidSecret", f"Secret {secret_name!r}: {what} contains ':', which Basic "
+                                               f"authentication cannot send")
 
 
 def _ca_pem(bundle: Any, source: Mapping[str, Any] | None, name: str) -> str | None:

@@ -13,13 +13,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
+from imagesync.engine.errors import clip
 from imagesync.engine.reference import Repository
 from imagesync.engine.rules import parse_rules
 
 DEFAULT_HISTORY_LIMIT = 3
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+# A rule as a condition message quotes it: a 1 MiB rule must not become a 1 MiB condition and event.
+_RULE_CHARS = 160
+_REASON_CHARS = 240
+# What the API server's Pod validation accepts (apimachinery's IsDNS1123Subdomain, IsQualifiedName,
+# IsValidLabelValue and resource.Quantity): the schema cannot say it, and a Job the API server refuses
+# would be retried forever instead of reported once.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                             r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
 
 
 class SpecError(ValueError):
@@ -96,7 +108,8 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
 
     rules, rule_errors = parse_rules(dict(images), default_registry, default_namespace)
     if rule_errors:
-        listed = "; ".join(str(e) for e in rule_errors[:5])
+        listed = "; ".join(f"rule {clip(e.rule_text, _RULE_CHARS)!r}: {clip(e.reason, _REASON_CHARS)}"
+                           for e in rule_errors[:5])
         more = f" (and {len(rule_errors) - 5} more)" if len(rule_errors) > 5 else ""
         raise SpecError("spec.images", f"{listed}{more}")
 
@@ -114,7 +127,12 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
 
     schedule = spec.get("schedule")
     if schedule is not None and (not isinstance(schedule, str) or not croniter.is_valid(schedule)):
-        raise SpecError("spec.schedule", f"{schedule!r} is not a valid cron expression")
+        raise SpecError("spec.schedule", f"{clip(str(schedule), _RULE_CHARS)!r} is not a valid cron expression")
+    if schedule is not None:
+        try:
+            croniter(schedule).get_next(float)
+        except CroniterBadDateError:  # e.g. "0 0 31 2 *": valid fields, but no such date ever
+            raise SpecError("spec.schedule", f"{schedule!r} never fires (no date matches it)") from None
 
     return JobSpec(
         images=dict(images), default_registry=default_registry, default_namespace=default_namespace,
@@ -135,7 +153,7 @@ def _worker(worker: Any) -> WorkerSpec:
     if not isinstance(worker, Mapping):
         raise SpecError("spec.worker", "must be an object")
     for key in ("image", "serviceAccountName"):
-        if key in worker and not (isinstance(worker[key], str) and worker[key]):
+        if key in worker and not (isinstance(worker[key], str) and worker[key].strip()):
             raise SpecError(f"spec.worker.{key}", "must be a non-empty string")
     for key in ("resources", "nodeSelector"):
         if key in worker and not isinstance(worker[key], Mapping):
@@ -143,8 +161,44 @@ def _worker(worker: Any) -> WorkerSpec:
     tolerations = worker.get("tolerations") or []
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
         raise SpecError("spec.worker.tolerations", "must be a list of tolerations")
+    _check_pod_fields(worker, tolerations)
     return WorkerSpec(
         image=worker.get("image"), service_account=worker.get("serviceAccountName"),
         resources=dict(worker.get("resources") or {}), node_selector=dict(worker.get("nodeSelector") or {}),
         tolerations=tuple(dict(t) for t in tolerations),
     )
+
+
+def _check_pod_fields(worker: Mapping[str, Any], tolerations: list[Mapping[str, Any]]) -> None:
+    """What the API server would refuse in the worker Pod: refused here, once, with the field named."""
+    account = worker.get("serviceAccountName")
+    if isinstance(account, str) and not (len(account) <= 253 and _DNS_SUBDOMAIN.fullmatch(account)):
+        raise SpecError("spec.worker.serviceAccountName",
+                        f"{clip(account, _RULE_CHARS)!r} is not a valid ServiceAccount name (lower-case DNS name)")
+    for key, value in (worker.get("nodeSelector") or {}).items():
+        if not (isinstance(key, str) and len(key) <= 316 and _QUALIFIED_NAME.fullmatch(key)):
+            raise SpecError("spec.worker.nodeSelector", f"key {clip(str(key), _RULE_CHARS)!r} is not a valid "
+                                                        f"label key")
+        if not (isinstance(value, str) and _LABEL_VALUE.fullmatch(value)):
+            raise SpecError(f"spec.worker.nodeSelector[{key}]",
+                            f"{clip(str(value), _RULE_CHARS)!r} is not a valid label value")
+    for section in ("limits", "requests"):
+        amounts = (worker.get("resources") or {}).get(section) or {}
+        if not isinstance(amounts, Mapping):
+            raise SpecError(f"spec.worker.resources.{section}", "must be an object")
+        for name, amount in amounts.items():
+            text = str(amount) if isinstance(amount, int) and not isinstance(amount, bool) else amount
+            if not (isinstance(text, str) and len(text) <= 64 and _QUANTITY.fullmatch(text)):
+                raise SpecError(f"spec.worker.resources.{section}.{clip(str(name), 63)}",
+                                f"{clip(str(amount), _RULE_CHARS)!r} is not a quantity (e.g. 500m, 1, 256Mi)")
+    for i, toleration in enumerate(tolerations):
+        path = f"spec.worker.tolerations[{i}]"
+        key, operator = toleration.get("key") or "", toleration.get("operator") or "Equal"
+        if key and not (isinstance(key, str) and _QUALIFIED_NAME.fullmatch(key)):
+            raise SpecError(f"{path}.key", f"{clip(str(key), _RULE_CHARS)!r} is not a valid taint key")
+        if not key and operator != "Exists":
+            raise SpecError(f"{path}.operator", "must be Exists when key is empty")
+        if operator == "Exists" and toleration.get("value"):
+            raise SpecError(f"{path}.value", "must be empty when operator is Exists")
+        if toleration.get("tolerationSeconds") is not None and toleration.get("effect") != "NoExecute":
+            raise SpecError(f"{path}.tolerationSeconds", "is only allowed with effect NoExecute")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagesync.engine.errors import ImageSyncError
+from imagesync.engine.errors import ImageSyncError, clip
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -29,6 +30,12 @@ SCHEMA1_TYPES = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 # instead of receiving a registry-converted variant.
 ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST,
                     DOCKER_SCHEMA1_SIGNED, DOCKER_SCHEMA1])
+
+
+# The OCI descriptor grammar (algorithm:encoded); which algorithms we can verify is decided where blobs are
+# copied. Bounds a hostile registry's digest before it reaches a URL path or a message.
+_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{1,256}")
+MAX_SIZE = 2**63 - 1  # an OCI descriptor's size is an int64
 
 
 class ManifestError(ImageSyncError):
@@ -67,40 +74,62 @@ class Manifest:
 
     def _json(self) -> dict[str, Any]:
         try:
-            parsed = json.loads(self.data)
-        except ValueError as exc:
-            raise ManifestError(f"manifest {self.digest} is not valid JSON: {exc}") from exc
+            # Decoded first: json.loads would guess UTF-16/32 from leading NULs and report a codec error.
+            parsed = json.loads(self.data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ManifestError(f"manifest {self.digest} is not valid JSON (not UTF-8 text)") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: thousands of nested brackets
+            raise ManifestError(f"manifest {self.digest} is not valid JSON: {clip(str(exc), 120)}") from None
         if not isinstance(parsed, dict):
             raise ManifestError(f"manifest {self.digest} is not a JSON object")
         return parsed
 
     def children(self) -> list[Descriptor]:
         """Manifests an index references (in index order)."""
-        return [_descriptor(d, self.digest) for d in self._json().get("manifests") or []]
+        return [_descriptor(d, self.digest, f"manifests[{i}]")
+                for i, d in enumerate(_listed(self._json(), "manifests", self.digest))]
 
     def blobs(self) -> list[Descriptor]:
         """Config first, then layers; duplicates removed (a layer may repeat in one image)."""
         body = self._json()
-        entries = []
-        if isinstance(body.get("config"), dict):
-            entries.append(body["config"])
-        entries.extend(body.get("layers") or [])
+        entries: list[tuple[str, Any]] = []
+        if "config" in body or self.media_type in IMAGE_TYPES:
+            entries.append(("config", body.get("config")))
+        entries.extend((f"layers[{i}]", layer) for i, layer in enumerate(_listed(body, "layers", self.digest)))
         seen: set[str] = set()
         result = []
-        for entry in entries:
-            descriptor = _descriptor(entry, self.digest)
+        for where, entry in entries:
+            descriptor = _descriptor(entry, self.digest, where)
             if descriptor.digest not in seen:
                 seen.add(descriptor.digest)
                 result.append(descriptor)
         return result
 
 
-def _descriptor(entry: Any, parent: str) -> Descriptor:
-    if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
-        raise ManifestError(f"manifest {parent} has a malformed descriptor: {entry!r:.200}")
+def _listed(body: dict[str, Any], key: str, parent: str) -> list[Any]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ManifestError(f"manifest {parent}: {key} is not a list but {type(value).__name__} "
+                            f"{clip(repr(value), 60)}")
+    return value
+
+
+def _descriptor(entry: Any, parent: str, where: str = "descriptor") -> Descriptor:
+    if entry is None:
+        raise ManifestError(f"manifest {parent}: {where} is missing")
+    if not isinstance(entry, dict):
+        raise ManifestError(f"manifest {parent}: {where} is not a descriptor object but {type(entry).__name__} "
+                            f"{clip(repr(entry), 60)}")
+    digest = entry.get("digest")
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        shown = "no digest" if digest is None else f"digest {clip(repr(digest), 100)}, which is not algorithm:hex"
+        raise ManifestError(f"manifest {parent}: {where} has {shown}")
     size = entry.get("size")
-    if not isinstance(size, int) or size < 0:
-        raise ManifestError(f"manifest {parent} has a descriptor without a valid size: {entry['digest']}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
+        raise ManifestError(f"manifest {parent}: {where} ({digest}) has size {clip(repr(size), 40)}, not a whole "
+                            f"number of bytes from 0 to 2^63-1")
     platform = entry.get("platform")
     return Descriptor(str(entry.get("mediaType", "")), entry["digest"], size,
                       platform if isinstance(platform, dict) else None)

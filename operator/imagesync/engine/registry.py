@@ -7,6 +7,7 @@ untrusted, and ``../../other/manifests/x`` or ``a?b`` must not address another r
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ class RegistryClient:
                 raise registry_error(response, what)
             try:
                 body = response.json()
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: thousands of nested brackets
                 raise RegistryError(f"{what}: unreadable answer (not JSON)", code="UNSUPPORTED",
                                     retryable=key == "tags") from exc
             page = body.get(key) if isinstance(body, dict) else None
@@ -156,8 +157,10 @@ class RegistryClient:
             for name in page:
                 if isinstance(name, str) and valid(name):
                     into.append(name)
-                else:
-                    into.invalid.append(clip(str(name), 80))
+                elif isinstance(name, str):
+                    into.invalid.append(clip(name, 80))
+                else:  # 1 or null, not "1": quoted as it was sent, so the report does not show a valid tag
+                    into.invalid.append(f"{clip(json.dumps(name), 60)} (not a JSON string)")
             if len(into) + len(into.invalid) > max_names:
                 raise RegistryError(f"{what}: more than {max_names} {key}; stopped", retryable=False)
             next_link = response.links.get("next", {}).get("url")
