@@ -162,19 +162,15 @@ def test_the_schedule_pattern_is_never_stricter_than_the_operator() -> None:
 
 # -- CEL rules, for an API server with CEL ------------------------------------------------------------------
 
-# Where each rule would go (a schema path as docs/reference.md writes it) and the rule. They are not in the
-# CRDs: see the module docstring. Kubernetes' Pod validation refuses these tolerations (a Job with them cannot
-# be created), so rejecting them at apply time is true to what the operator can run.
+# The rules ship as a kustomize patch for CEL-capable API servers (examples/kustomize/cel-validation/): not
+# in the CRDs, see the module docstring. Kubernetes' Pod validation refuses these tolerations (a Job with them
+# cannot be created), so rejecting them at apply time is true to what the operator can run.
+CEL_PATCH = ROOT / "examples" / "kustomize" / "cel-validation" / "tolerations-rules.yaml"
+(_CEL_OP,) = yaml.safe_load(CEL_PATCH.read_text())
+assert _CEL_OP["path"] == ("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/worker/properties/"
+                           "tolerations/items/x-kubernetes-validations")  # where the path below points
 CEL_RULES: dict[tuple[str, str], list[dict[str, str]]] = {
-    ("ImageSyncJob", "spec.worker.tolerations[]"): [
-        {"rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
-         "message": "a toleration with operator Exists must not set value"},
-        {"rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
-         "message": "a toleration without key needs operator Exists (it then matches every taint)"},
-        {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
-         "message": "tolerationSeconds needs effect NoExecute"},
-    ],
-}
+    ("ImageSyncJob", "spec.worker.tolerations[]"): _CEL_OP["value"]}
 # Not expressible (and so not proposed): parallelism <= the number of rules. spec.images' values are
 # "string or list", so the schema leaves them untyped (x-kubernetes-preserve-unknown-fields) and the API server
 # does not expose spec.images to CEL at all (a rule naming it does not compile). Nor would it be true: the
