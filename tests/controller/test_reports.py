@@ -165,7 +165,8 @@ def test_unknown_keys_are_ignored() -> None:
     report = parse(good(phase="Succeeded", status={"phase": "Succeeded"}, percent=100, extra=[1] * 10))
     assert set(report.as_dict()) == {"imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied",
                                      "blobsMounted", "blobsSkipped", "failedImagesTotal", "bytesCopied",
-                                     "bytesPerSecond", "done", "failedImages", "loginsAccepted", "loginsRejected"}
+                                     "bytesPerSecond", "done", "failedImages", "loginsAccepted", "loginsRejected",
+                                     "referrersCopied", "referrersSkipped", "referrersFailed", "registryQuotas"}
 
 
 # -- ownership ------------------------------------------------------------------------------------

@@ -62,6 +62,11 @@ def worker_options(spec: JobSpec) -> dict[str, Any]:
         options["qps"] = spec.qps
     if spec.skip_existing:
         options["skipExisting"] = True
+    if spec.bandwidth:
+        options["limitRate"] = spec.bandwidth
+    referrers = spec.referrers
+    options["referrers"] = {"enabled": referrers.enabled, "includeTypes": list(referrers.include_types),
+                            "excludeTypes": list(referrers.exclude_types), "optional": referrers.optional}
     if spec.platforms:
         options["platforms"] = list(spec.platforms)
     if spec.default_registry:

@@ -14,6 +14,11 @@ Pods in the namespace can write one, so before a report reaches the status:
   are clipped (:data:`MAX_REF`, :data:`MAX_REASON`), at most :data:`MAX_FAILED_IMAGES` failures and
   :data:`MAX_LOGINS` login results are kept, and a login result counts only for a registry the run's
   credentials cover (``status.credentials``); others are dropped.
+- ``registryQuotas`` (the request quota each registry announced: ``{host: {remaining, limit,
+  windowSeconds}}``) must be an object of objects; at most :data:`MAX_QUOTAS` registries are kept, host
+  names are clipped, an entry whose numbers are not finite non-negative numbers is dropped, and numbers
+  are clipped to :data:`MAX_COUNT` (remaining, limit) and :data:`MAX_WINDOW` (windowSeconds): a quota is
+  advice for the reader, never a reason to lose a report's counts.
 
 Unknown keys are ignored. Everything here is pure; the handlers do the listing and the logging.
 """
@@ -38,9 +43,12 @@ MAX_REASON = 1000  # a failure reason
 MAX_FAILED_IMAGES = 100  # failures listed per shard (the count travels in failedImagesTotal)
 MAX_LOGINS = 64  # login results per list
 MAX_LOG = 200  # what of a bad value a log line shows
+MAX_QUOTAS = 32  # registries whose announced quota one report may carry
+MAX_HOST = 255  # a registry host[:port]
+MAX_WINDOW = 366 * 86400.0  # seconds: a quota window longer than a year is clipped to one
 
 COUNT_KEYS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
-              "blobsSkipped", "failedImagesTotal")
+              "blobsSkipped", "failedImagesTotal", "referrersCopied", "referrersSkipped", "referrersFailed")
 
 
 class ReportError(ValueError):
@@ -55,6 +63,25 @@ class FailedImage:
 
 
 @dataclass(frozen=True)
+class RegistryQuota:
+    """The request quota a registry announced to one shard (remaining in its window; limit and window when
+    announced)."""
+
+    registry: str
+    remaining: int
+    limit: int | None = None
+    window_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"registry": self.registry, "remaining": self.remaining}
+        if self.limit is not None:
+            data["limit"] = self.limit
+        if self.window_seconds is not None:
+            data["windowSeconds"] = self.window_seconds
+        return data
+
+
+@dataclass(frozen=True)
 class ShardReport:
     counts: Mapping[str, int]
     bytes_copied: int
@@ -63,6 +90,7 @@ class ShardReport:
     failed_images: tuple[FailedImage, ...] = ()
     logins_accepted: tuple[str, ...] = ()
     logins_rejected: tuple[str, ...] = ()
+    registry_quotas: tuple[RegistryQuota, ...] = ()
     dropped: tuple[str, ...] = field(default=(), compare=False)  # what was clipped or dropped, for the log
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,6 +101,7 @@ class ShardReport:
             "failedImages": [{"source": f.source, "target": f.target, "reason": f.reason}
                              for f in self.failed_images],
             "loginsAccepted": list(self.logins_accepted), "loginsRejected": list(self.logins_rejected),
+            "registryQuotas": [quota.as_dict() for quota in self.registry_quotas],
         }
 
 
@@ -150,6 +179,43 @@ def _logins(data: Mapping[str, Any], key: str, registries: Collection[str], drop
     return tuple(kept)
 
 
+def _quota_number(value: Any, limit: float) -> float | None:
+    """A finite number >= 0 clipped to ``limit``; None when it is not one (ints compared before converting)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int):
+        return float(min(value, int(limit))) if value >= 0 else None
+    return min(value, limit) if math.isfinite(value) and value >= 0 else None
+
+
+def _quotas(data: Mapping[str, Any], dropped: list[str]) -> tuple[RegistryQuota, ...]:
+    value = data.get("registryQuotas")
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ReportError(f"registryQuotas is not an object: {_show(value)}")
+    items = list(value.items())
+    if len(items) > MAX_QUOTAS:
+        dropped.append(f"registryQuotas: {len(items) - MAX_QUOTAS} of {len(items)} registries dropped")
+        items = items[:MAX_QUOTAS]
+    kept: list[RegistryQuota] = []
+    for host, quota in items:
+        name = _string(host, "a registryQuotas registry", MAX_HOST, dropped)
+        if not isinstance(quota, dict):
+            dropped.append(f"registryQuotas: {clip(name, 80)!r} is not an object")
+            continue
+        remaining = _quota_number(quota.get("remaining"), MAX_COUNT)
+        limit = _quota_number(quota["limit"], MAX_COUNT) if quota.get("limit") is not None else None
+        window = _quota_number(quota["windowSeconds"], MAX_WINDOW) if quota.get("windowSeconds") is not None \
+            else None
+        if remaining is None or (quota.get("limit") is not None and limit is None) \
+                or (quota.get("windowSeconds") is not None and window is None):
+            dropped.append(f"registryQuotas: {clip(name, 80)!r} has a number that is not finite and >= 0")
+            continue
+        kept.append(RegistryQuota(name, int(remaining), None if limit is None else int(limit), window))
+    return tuple(kept)
+
+
 def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | None = None) -> ShardReport:
     """The validated report in an annotation; :class:`ReportError` when it must be ignored.
 
@@ -187,7 +253,8 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
             _string(item.get("reason", ""), "failedImages reason", MAX_REASON, dropped)))
     return ShardReport(counts, bytes_copied, rate, done, tuple(failed),
                        _logins(data, "loginsAccepted", registries, dropped),
-                       _logins(data, "loginsRejected", registries, dropped), tuple(dropped))
+                       _logins(data, "loginsRejected", registries, dropped), _quotas(data, dropped),
+                       tuple(dropped))
 
 
 # -- which pods and jobs count --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from croniter import CroniterBadDateError, croniter
 from imagesync.engine.errors import clip
 from imagesync.engine.reference import Repository
 from imagesync.engine.rules import parse_rules
+from imagesync.engine.transport import parse_rate
 
 DEFAULT_HISTORY_LIMIT = 3
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
@@ -31,6 +32,10 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                              r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+# Artifact-type patterns per spec.referrers list (a media type is at most 255 characters, RFC 6838).
+_MAX_TYPES = 32
+_MAX_TYPE_CHARS = 255
+_MAX_BANDWIDTH = 1e15  # bytes/second: above it (or infinite, "1e400M") is no limit in disguise
 _QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
 
 
@@ -47,6 +52,16 @@ class WorkerSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferrersSpec:
+    """spec.referrers: signatures, attestations and SBOMs copied with their images (on by default)."""
+
+    enabled: bool = True
+    include_types: tuple[str, ...] = ()  # artifact types as shell patterns; empty: every type
+    exclude_types: tuple[str, ...] = ()
+    optional: bool = False  # a failed artifact copy is counted, its image still succeeds
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,8 @@ class JobSpec:
     history_limit: int = DEFAULT_HISTORY_LIMIT  # finished runs whose Job (and Pods) are kept
     repositories: tuple[Repository, ...] = ()  # every source and target repository the rules name
     worker: WorkerSpec = field(default_factory=WorkerSpec)
+    referrers: ReferrersSpec = field(default_factory=ReferrersSpec)
+    bandwidth: float | None = None  # bytes/second per registry and worker pod (spec.bandwidth), None: unlimited
 
 
 def _int(spec: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -144,7 +161,47 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         history_limit=_int(spec, "historyLimit", DEFAULT_HISTORY_LIMIT, 1, 100),
         repositories=tuple(repo for rule in rules for repo in (rule.source.repo, rule.target.repo)),
         worker=_worker(spec.get("worker")),
+        referrers=_referrers(spec.get("referrers")),
+        bandwidth=_bandwidth(spec.get("bandwidth")),
     )
+
+
+def _referrers(value: Any) -> ReferrersSpec:
+    if value is None:
+        return ReferrersSpec()
+    if not isinstance(value, Mapping):
+        raise SpecError("spec.referrers", "must be an object (enabled, includeTypes, excludeTypes, optional)")
+    flags = {}
+    for key, default in (("enabled", True), ("optional", False)):
+        flags[key] = value.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise SpecError(f"spec.referrers.{key}", f"must be true or false, got {clip(repr(flags[key]), 60)}")
+    types = {}
+    for key in ("includeTypes", "excludeTypes"):
+        raw = value.get(key)
+        types[key] = () if raw is None else _strings(raw, f"spec.referrers.{key}")
+        if len(types[key]) > _MAX_TYPES:
+            raise SpecError(f"spec.referrers.{key}", f"at most {_MAX_TYPES} artifact types, got {len(types[key])}")
+        for pattern in types[key]:
+            if len(pattern) > _MAX_TYPE_CHARS or any(c.isspace() for c in pattern):
+                raise SpecError(f"spec.referrers.{key}", f"{clip(pattern, 60)!r} is not an artifact type or "
+                                                         f"pattern (e.g. application/vnd.dev.cosign.*)")
+    return ReferrersSpec(enabled=flags["enabled"], include_types=types["includeTypes"],
+                         exclude_types=types["excludeTypes"], optional=flags["optional"])
+
+
+def _bandwidth(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise SpecError("spec.bandwidth", f"must be a string such as 50MiB/s, got {clip(repr(value), 60)}")
+    try:
+        rate = parse_rate(value)
+    except ValueError as exc:
+        raise SpecError("spec.bandwidth", str(exc)) from None
+    if not math.isfinite(rate) or rate > _MAX_BANDWIDTH:
+        raise SpecError("spec.bandwidth", f"{clip(value, 60)!r} is more than 1 PB/s: omit spec.bandwidth for no limit")
+    return rate
 
 
 def _worker(worker: Any) -> WorkerSpec:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 FAILED_IMAGES_CAP = 20
+REGISTRY_QUOTAS_CAP = 20  # registries listed in status.registryQuotas
 COUNTERS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
-            "blobsSkipped", "bytesCopied")
+            "blobsSkipped", "bytesCopied", "referrersCopied", "referrersSkipped", "referrersFailed")
 
 Report = Mapping[str, Any]
 
@@ -37,6 +38,37 @@ def _rate(report: Report) -> float:
     if isinstance(value, int):
         return float(value) if 0 <= value <= _RATE_CAP else 0.0
     return value if math.isfinite(value) and 0.0 <= value <= _RATE_CAP else 0.0
+
+
+def _quota_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT_CAP else None
+
+
+def fold_quotas(reports: Mapping[int, Report | None]) -> list[dict[str, Any]]:
+    """status.registryQuotas: per registry, the lowest remaining quota any shard's latest report announced
+    (the shards share the registry's quota), sorted by registry, at most :data:`REGISTRY_QUOTAS_CAP`; empty
+    when no registry announced one (a merge patch then clears an earlier run's list)."""
+    lowest: dict[str, dict[str, Any]] = {}
+    for report in reports.values():
+        entries = (report or {}).get("registryQuotas")
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("registry"), str):
+                continue
+            remaining = _quota_int(entry.get("remaining"))
+            if remaining is None:
+                continue
+            row: dict[str, Any] = {"registry": entry["registry"][:_TEXT_CAP], "remaining": remaining}
+            limit = _quota_int(entry.get("limit"))
+            if limit is not None:
+                row["limit"] = limit
+            window = entry.get("windowSeconds")
+            if isinstance(window, int | float) and not isinstance(window, bool) and math.isfinite(window) \
+                    and 0 <= window <= _INT_CAP:
+                row["windowSeconds"] = window
+            known = lowest.get(row["registry"])
+            if known is None or remaining < known["remaining"]:
+                lowest[row["registry"]] = row
+    return [lowest[name] for name in sorted(lowest)][:REGISTRY_QUOTAS_CAP]
 
 
 def shard_state(report: Report | None, pod_phase: str | None) -> str:
@@ -94,6 +126,7 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
         "shards": shard_rows,
         "syncedSummary": f"{progress['imagesSynced'] + progress['imagesSkipped']}/{total if all_reported else '?'}",
         "progressSummary": f"{percent:.0f}%" if all_reported else "-",
+        "registryQuotas": fold_quotas(reports),
     }
 
 

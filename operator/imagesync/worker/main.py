@@ -23,6 +23,7 @@ from imagesync.engine.config import AuthTable, load_auth, load_images
 from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.errors import ConfigError, ImageSyncError
 from imagesync.engine.manifest import PlatformFilter
+from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import parse_rules
 from imagesync.engine.stats import SyncStats
 from imagesync.worker.report import Reporter, reporter_from_env
@@ -66,12 +67,37 @@ def load_options(path: Path) -> WorkerOptions:
             proc=max(1, int(raw.get("proc", 5))), retries=max(0, int(raw.get("retries", 2))),
             force=bool(raw.get("force", False)), skip_existing=bool(raw.get("skipExisting", False)),
             qps=float(raw["qps"]) if raw.get("qps") else None,
+            limit_rate=_limit_rate(raw.get("limitRate")),
+            referrers=_referrers(raw.get("referrers")),
             platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ()),
                                      tuple(raw.get("platforms") or ())),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid option value: {exc}") from exc
     return WorkerOptions(sync_options, raw.get("defaultRegistry") or None, raw.get("defaultNamespace") or None)
+
+
+def _limit_rate(value: Any) -> float | None:
+    """``limitRate``: bytes per second (the operator parsed spec.bandwidth), absent or null: unlimited."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value < float("inf"):
+        raise ValueError(f"limitRate must be a number of bytes per second >= 1, got {value!r}")
+    return float(value)
+
+
+def _referrers(value: Any) -> ReferrerOptions:
+    """``referrers``: {enabled, includeTypes, excludeTypes, optional}; absent: the engine's default (on)."""
+    if value is None:
+        return ReferrerOptions()
+    if not isinstance(value, dict):
+        raise ValueError(f"referrers must be an object, got {value!r}")
+    lists = {key: value.get(key) or [] for key in ("includeTypes", "excludeTypes")}
+    for key, items in lists.items():
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"referrers.{key} must be a list of strings")
+    return ReferrerOptions(enabled=bool(value.get("enabled", True)), include=tuple(lists["includeTypes"]),
+                           exclude=tuple(lists["excludeTypes"]), optional=bool(value.get("optional", False)))
 
 
 async def _report_periodically(stats: SyncStats, reporter: Reporter, shard: int) -> None:

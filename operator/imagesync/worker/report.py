@@ -34,6 +34,7 @@ REPORT_FAILED_IMAGES = 50
 REPORT_REASON_CHARS = 1000
 REPORT_REF_CHARS = 512
 REPORT_LOGINS = 64
+REPORT_QUOTAS = 32  # registries whose announced quota a report carries (controller/reports.py keeps 32)
 
 
 def _clip(value: object, limit: int) -> str:
@@ -43,7 +44,8 @@ def _clip(value: object, limit: int) -> str:
 
 def bounded_report(progress: Mapping[str, Any]) -> str:
     """``progress`` as the annotation's JSON, bounded: failures capped in number and length, login lists
-    capped, non-finite numbers written as 0 (JSON has no NaN), and the whole under REPORT_BUDGET bytes
+    capped, registry quotas capped (finite numbers only), non-finite numbers written as 0 (JSON has no
+    NaN), and the whole under REPORT_BUDGET bytes
     (failures are dropped from the end of the list until it fits)."""
     report: dict[str, Any] = {k: (0 if isinstance(v, float) and not math.isfinite(v) else v)
                               for k, v in progress.items()}
@@ -55,6 +57,12 @@ def bounded_report(progress: Mapping[str, Any]) -> str:
     for key in ("loginsAccepted", "loginsRejected"):
         if key in report:
             report[key] = [_clip(entry, REPORT_REF_CHARS) for entry in report[key] or []][:REPORT_LOGINS]
+    if "registryQuotas" in report:
+        quotas = report["registryQuotas"] if isinstance(report["registryQuotas"], Mapping) else {}
+        report["registryQuotas"] = {
+            _clip(host, REPORT_REF_CHARS): {k: v for k, v in quota.items()
+                                            if isinstance(v, int | float) and math.isfinite(v)}
+            for host, quota in list(quotas.items())[:REPORT_QUOTAS] if isinstance(quota, Mapping)}
     while True:
         report["failedImages"] = listed
         text = json.dumps(report, separators=(",", ":"), allow_nan=False)
