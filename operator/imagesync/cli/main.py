@@ -33,6 +33,7 @@ from imagesync.engine.manifest import PlatformFilter
 from imagesync.engine.reference import ReferenceError, check_registry_host, parse_repository
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
+from imagesync.engine.signatures import SignatureError, SignatureOptions, load_public_key
 from imagesync.engine.stats import SyncStats
 from imagesync.engine.transport import parse_rate
 
@@ -115,6 +116,16 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     refs.add_argument("--referrers-optional", action="store_true",
                       help="a referrer that cannot be copied is counted and noted, its image still succeeds "
                            "(default: the image fails)")
+    signed = parser.add_argument_group("only signed images (cosign; see engine/signatures.py for what counts)")
+    signed.add_argument("--only-signed", action="store_true",
+                        help="copy only images with a signature at the source: cosign's sha256-<hex>.sig tag, or "
+                             "a cosign, sigstore-bundle or Notation signature referrer; the others are skipped "
+                             "with the reason 'unsigned' (not a failure: exit 0)")
+    signed.add_argument("--signature-key", action="append", metavar="FILE",
+                        help="PEM ECDSA P-256 public key (cosign.pub; repeatable: any key may sign): cosign "
+                             "key-based signatures must verify, over a payload naming the image's digest; an "
+                             "image whose signature does not verify is skipped, never pushed (implies "
+                             "--only-signed)")
     out = parser.add_argument_group("output")
     out.add_argument("--log", metavar="FILE", help="write logs to FILE instead of standard error")
     out.add_argument("--output", choices=["text", "json"], default="text",
@@ -246,6 +257,22 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--namespace (or DEFAULT_NAMESPACE) {args.namespace!r}: {exc}") from None
 
 
+def signature_options(args: argparse.Namespace) -> SignatureOptions:
+    """--only-signed and --signature-key: every key is read and parsed now (a bad key is bad input)."""
+    keys = []
+    for path in getattr(args, "signature_key", None) or ():
+        try:
+            pem = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--signature-key {path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            load_public_key(pem, f"--signature-key {path}")
+        except SignatureError as exc:
+            raise ConfigError(str(exc)) from None
+        keys.append(pem)
+    return SignatureOptions(only_signed=bool(getattr(args, "only_signed", False) or keys), keys=tuple(keys))
+
+
 def options_from(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(proc=max(1, args.proc), retries=args.retries, force=args.force, qps=args.qps or None,
                        limit_rate=args.limit_rate,
@@ -254,7 +281,8 @@ def options_from(args: argparse.Namespace) -> SyncOptions:
                        ca_file=args.ca_file,
                        referrers=ReferrerOptions(enabled=args.referrers, include=_split_list(args.referrers_type),
                                                  exclude=_split_list(args.referrers_exclude_type),
-                                                 optional=args.referrers_optional))
+                                                 optional=args.referrers_optional),
+                       signatures=signature_options(args))
 
 
 async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = None) -> int:

@@ -215,10 +215,12 @@ async def show_progress(stats: SyncStats, display: TerminalDisplay | None) -> No
 def summary(stats: SyncStats) -> str:
     """The closing report: counts, volume, speed, and every failed image with its reason."""
     synced, skipped, failed = stats.count("synced"), stats.count("skipped"), stats.count("failed")
+    refused = stats.refused()
+    unsigned = f", {len(refused)} skipped (--only-signed: not signed or not verified)" if refused else ""
     seconds = stats.duration
     lines = [
-        f"Images: {synced} synced, {skipped} skipped (already up to date), {failed} failed, "
-        f"{stats.images_total} total",
+        f"Images: {synced} synced, {skipped - len(refused)} skipped (already up to date){unsigned}, "
+        f"{failed} failed, {stats.images_total} total",
         f"Blobs: {stats.blobs_copied} copied, {stats.blobs_mounted} mounted, {stats.blobs_skipped} skipped "
         f"(present at the target); manifests pushed: {stats.manifests_pushed}",
         f"Referrers (signatures, attestations, SBOMs): {stats.count_referrers('copied')} copied, "
@@ -235,6 +237,9 @@ def summary(stats: SyncStats) -> str:
     if notes:
         lines.append("Notes:")
         lines.extend(f"  {o.target or o.source}: {o.note}" for o in notes)
+    if refused:
+        lines.append("Skipped by --only-signed:")
+        lines.extend(f"  {o.source}: {o.reason}" for o in refused)
     failures = stats.failed()
     if failures:
         lines.append("Failed images:")

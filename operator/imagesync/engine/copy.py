@@ -35,9 +35,10 @@ from imagesync.engine.manifest import (
     filter_index,
 )
 from imagesync.engine.reference import ImageRef, Repository
-from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions
+from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions, SignatureGate
 from imagesync.engine.registry import RegistryClient, RepositoryList
 from imagesync.engine.rules import ImagePair, Rule, expand_prefix_rule, expand_rule, shard, source_needs_tag_list
+from imagesync.engine.signatures import SignatureOptions
 from imagesync.engine.stats import ImageOutcome, SyncStats
 from imagesync.engine.transport import ByteBucket, Endpoint, QuotaGate, RateLimiter, RegistryHTTP, RetryPolicy
 
@@ -64,6 +65,7 @@ class SyncOptions:
     platforms: PlatformFilter = field(default_factory=PlatformFilter)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     referrers: ReferrerOptions = field(default_factory=ReferrerOptions)  # signatures, attestations, SBOMs
+    signatures: SignatureOptions = field(default_factory=SignatureOptions)  # --only-signed, --signature-key
 
 
 TransportFactory = Callable[[Endpoint], httpx.AsyncBaseTransport | None]
@@ -153,6 +155,8 @@ class Syncer:
         # later repositories mount from it instead of uploading the same bytes again.
         self._first_copy: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
         self.referrers = ReferrerCopier(self, options.referrers) if options.referrers.enabled else None
+        self.signatures = (SignatureGate(self, options.signatures, self.referrers)
+                           if options.signatures.only_signed else None)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -331,6 +335,10 @@ class Syncer:
             return ImageOutcome(str(source), str(target), "skipped", digest=manifest.digest)
         if target.digest and manifest.digest != target.digest and not filtering:
             raise ImageSyncError(f"{target}: target digest differs from the source digest {manifest.digest}")
+        if self.signatures is not None:  # --only-signed: before any of the image is copied (engine/signatures.py)
+            refusal = await self.signatures.refusal(src, source.repo, manifest.digest, source.tag)
+            if refusal is not None:
+                return ImageOutcome(str(source), str(target), "skipped", refusal, manifest.digest)
 
         note = ""
         if filtering and manifest.is_index:

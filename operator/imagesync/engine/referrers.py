@@ -29,6 +29,7 @@ import asyncio
 import fnmatch
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,18 @@ from imagesync.engine.errors import ImageSyncError, RegistryError, clip
 from imagesync.engine.manifest import INDEX_TYPES, OCI_INDEX, Manifest, ManifestError, check_supported
 from imagesync.engine.reference import ReferenceError, Repository, check_digest
 from imagesync.engine.registry import RegistryClient
+from imagesync.engine.signatures import (
+    COSIGN_SIGNATURE_TYPE,
+    DOES_NOT_VERIFY,
+    MAX_PAYLOAD_BYTES,
+    UNSIGNED,
+    SignatureOptions,
+    SignedPayload,
+    first_valid,
+    is_signature_type,
+    load_public_key,
+    signed_payloads,
+)
 from imagesync.engine.stats import ImageOutcome, ReferrerOutcome
 
 if TYPE_CHECKING:
@@ -56,6 +69,8 @@ COSIGN_SUFFIXES: Mapping[str, str] = {
 MAX_DEPTH = 3
 # Artifacts listed for one subject at most (a hostile registry must not make us copy forever).
 MAX_REFERRERS_PER_SUBJECT = 1000
+# A tag of the referrers tag schema or of cosign: its subject's digest in group 1.
+REFERRER_TAG = re.compile(r"^sha256-([0-9a-f]{64})(?:\.sig|\.att|\.sbom)?$")
 # Failure reasons quoted in an image's failure line.
 REASONS_SHOWN = 3
 
@@ -222,6 +237,8 @@ class ReferrerCopier:
     async def after_image(self, pair: ImagePair, outcome: ImageOutcome) -> ImageOutcome:
         """Copy the referrers of an image that is now at the target; a failure fails the image unless optional."""
         if outcome.outcome == "failed" or not outcome.digest:
+            return outcome
+        if outcome.outcome == "skipped" and outcome.reason:  # refused by --only-signed: not at the target
             return outcome
         source, target = pair.source, pair.target
         src = self.syncer.registries.client_for(source.repo)
@@ -439,3 +456,105 @@ class ReferrerCopier:
         check_supported(manifest.media_type)
         await dst.put_manifest(repo.path, fallback_tag(subject), manifest)
         self.syncer.stats.manifests_pushed += 1
+
+
+# -- only signed images --------------------------------------------------------------------------
+
+
+class SignatureGate:
+    """``--only-signed``: finds an image's signatures at the source and, with keys, verifies them
+    (engine/signatures.py says what counts) before anything of the image is copied.
+
+    The ``.sig`` tag is looked at first (one GET when it verifies); signature referrers only when it is
+    missing or does not verify. Any error reading them fails the image: nothing unchecked is pushed.
+    """
+
+    def __init__(self, syncer: Syncer, options: SignatureOptions, copier: ReferrerCopier | None) -> None:
+        self.syncer = syncer
+        self.options = options
+        self.keys = [load_public_key(pem) for pem in options.keys]
+        # The tag list is the referrer copier's when there is one (read once per repository and run).
+        self._tags = copier or ReferrerCopier(syncer, ReferrerOptions())
+        self._decisions: dict[tuple[str, str, str], asyncio.Task[str | None]] = {}
+
+    async def refusal(self, src: RegistryClient, repo: Repository, digest: str, tag: str | None = None) -> str | None:
+        """None when the image ``digest`` (tagged ``tag`` at the source) may be copied, else the skip reason.
+
+        A referrer tag an all-tags rule lists (``sha256-<hex>.sig``, ``.att``, ``.sbom``, the fallback index
+        ``sha256-<hex>``) follows its subject: copied when the subject would be, else skipped with its reason.
+        """
+        match = REFERRER_TAG.match(tag or "")
+        if match and f"sha256:{match[1]}" != digest:
+            subject = f"sha256:{match[1]}"
+            why = await self._decision(src, repo, subject)
+            return None if why is None else f"{why} (the subject of this referrer tag, {subject}, is skipped)"
+        return await self._decision(src, repo, digest)
+
+    async def _decision(self, src: RegistryClient, repo: Repository, digest: str) -> str | None:
+        """Decided once per (source repository, digest) and run."""
+        key = (src.host, repo.path, digest)
+        task = self._decisions.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._decisions[key] = asyncio.create_task(self._decide(src, repo, digest))
+        return await asyncio.shield(task)
+
+    async def _decide(self, src: RegistryClient, repo: Repository, digest: str) -> str | None:
+        tags = await self._tags._source_tags(src, repo)
+        sig_tag = fallback_tag(digest) + ".sig"
+        reason = None
+        if sig_tag in tags:
+            if not self.keys:
+                return None
+            reason = await self._check(src, repo, digest, sig_tag)
+            if reason is None:
+                return None
+        entries = [e for e in await self._referrers(src, repo, digest, tags)
+                   if is_signature_type(artifact_type_of(e))]
+        if not entries:
+            return reason or UNSIGNED
+        if not self.keys:
+            return None
+        for entry in entries:
+            if artifact_type_of(entry) == COSIGN_SIGNATURE_TYPE:
+                reason = await self._check(src, repo, digest, entry["digest"])
+                if reason is None:
+                    return None
+        return reason or f"{DOES_NOT_VERIFY}: no cosign simple-signing signature to verify (only " \
+                         f"{', '.join(sorted({artifact_type_of(e) for e in entries}))[:200]})"
+
+    async def _check(self, src: RegistryClient, repo: Repository, digest: str, reference: str) -> str | None:
+        """None when the cosign signature manifest ``reference`` holds a payload that verifies."""
+        manifest = await self.syncer._read_manifest(src, repo, reference, f"{repo}:{reference}")
+        candidates = [(await self._payload(src, repo, p), p.signature) for p in signed_payloads(manifest.data)]
+        why = first_valid(self.keys, candidates, digest)
+        return None if why is None else f"{DOES_NOT_VERIFY}: {clip(why, 300)}"
+
+    @staticmethod
+    async def _payload(src: RegistryClient, repo: Repository, layer: SignedPayload) -> bytes:
+        """The payload layer's bytes (at most MAX_PAYLOAD_BYTES). Its digest is not checked here: the
+        signature is over these very bytes."""
+        data = bytearray()
+        async with src.open_blob(repo.path, layer.digest) as response:
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_PAYLOAD_BYTES:
+                    break
+        return bytes(data)
+
+    @staticmethod
+    async def _referrers(src: RegistryClient, repo: Repository, digest: str,
+                         tags: frozenset[str]) -> list[dict[str, Any]]:
+        """The source's referrers of ``digest``: the API, else the fallback index tag."""
+        if src.referrers_api is not False:
+            entries = await src.get_referrers(repo.path, digest)
+            if entries is not None:
+                src.referrers_api = True
+                return valid_entries(entries)
+            src.referrers_api = False
+        tag = fallback_tag(digest)
+        if tag not in tags:
+            return []
+        index = await src.get_manifest(repo.path, tag)
+        if index.media_type not in INDEX_TYPES:
+            return []
+        return valid_entries(_json_object(index).get("manifests") or [])

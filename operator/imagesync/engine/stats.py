@@ -104,6 +104,11 @@ class SyncStats:
     def failed(self) -> list[ImageOutcome]:
         return [o for o in self.outcomes.values() if o.outcome == "failed"]
 
+    def refused(self) -> list[ImageOutcome]:
+        """Images --only-signed skipped, each with its reason (unsigned, signature does not verify): the only
+        skipped outcomes that carry a reason."""
+        return [o for o in self.outcomes.values() if o.outcome == "skipped" and o.reason]
+
     @property
     def duration(self) -> float:
         end = self.finished if self.finished is not None else time.monotonic()
@@ -120,6 +125,7 @@ class SyncStats:
             "imagesSynced": self.count("synced"),
             "imagesSkipped": self.count("skipped"),
             "imagesFailed": len(failed),
+            "imagesSkippedUnsigned": len(self.refused()),  # --only-signed; counted in imagesSkipped too
             "blobsCopied": self.blobs_copied,
             "blobsMounted": self.blobs_mounted,
             "blobsSkipped": self.blobs_skipped,
