@@ -454,10 +454,23 @@ class Syncer:
             counted = 0
             transfer = self.stats.transfer_started(f"{dst.host}/{dst_repo.path}", blob.digest, blob.size)
 
+            source_name = f"blob {blob.digest} from {src.host}/{src_repo.path}"
+
             async def verified(response: httpx.Response) -> AsyncIterator[bytes]:
                 nonlocal counted
                 digest = hashlib.sha256()
-                async for chunk in response.aiter_raw(CHUNK_SIZE):
+                chunks = response.aiter_raw(CHUNK_SIZE)
+                while True:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except httpx.HTTPError as exc:
+                        # The source failed while the target's upload is under way: the error is the source's,
+                        # not the PUT's that happens to be sending our bytes.
+                        raise RegistryError(f"{source_name}: reading it failed "
+                                            f"({type(exc).__name__}: {clip(str(exc) or 'no detail')})",
+                                            retryable=True) from exc
                     digest.update(chunk)
                     counted += len(chunk)
                     transfer.copied = counted
@@ -474,6 +487,14 @@ class Syncer:
 
             try:
                 async with src.open_blob(src_repo.path, blob.digest) as response:
+                    announced = _content_length(response)
+                    if announced is not None and announced != blob.size:
+                        # A length that lies either leaves us waiting for bytes that never come (longer: until
+                        # the read timeout, on a keep-alive connection) or leaves the surplus on the connection
+                        # (shorter). Refused before reading: closing the unread response closes its connection
+                        # rather than returning it to the pool.
+                        raise RegistryError(f"{source_name} arrived corrupted (Content-Length {announced}; "
+                                            f"expected {blob.size} bytes)", code="SIZE_INVALID", retryable=True)
                     await dst.upload_blob(dst_repo.path, location, blob.digest, blob.size, verified(response))
             except httpx.HTTPError as exc:
                 self.stats.bytes_copied -= counted
@@ -485,6 +506,12 @@ class Syncer:
             finally:
                 self.stats.transfer_ended(transfer)
             self.stats.blobs_copied += 1
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The length a response announces (None when it announces none, or one that is not a number)."""
+    value = response.headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 async def _gather_all(awaitables: Iterable[Awaitable[None]]) -> None:

@@ -794,7 +794,7 @@ class RegistryHTTP:
                 what = (f"{announced.remaining} of {announced.limit} left" if announced and announced.limit
                         else "none left")
                 raise RegistryError(
-                    f"{method} {self.endpoint.host}{_redact(path)}: the registry's request quota is used up "
+                    f"{method} {self._where(path)}: the registry's request quota is used up "
                     f"({what}); it resets in {wait:.0f} s, longer than we wait ({self.retry.max_quota_wait:.0f} s)",
                     status=429, code="TOOMANYREQUESTS", retryable=False)
             if self.quota.first_wait_in_window():
@@ -808,6 +808,12 @@ class RegistryHTTP:
         if retry_after is not None:
             return min(retry_after, self.retry.max_retry_after)
         return self.retry.backoff(attempt)
+
+    def _where(self, path_or_url: str) -> str:
+        """A request's target for a message: host and API path, or the absolute URL the registry handed out."""
+        if path_or_url.startswith(("http://", "https://")):
+            return _redact(path_or_url)
+        return f"{self.endpoint.host}{_redact(path_or_url)}"
 
     def url(self, path_or_url: str) -> httpx.URL:
         """An API path on the registry, or an absolute URL the registry handed out (``Location``, ``Link``)."""
@@ -844,10 +850,10 @@ class RegistryHTTP:
             try:
                 body, more = await read_limited(response, max_body)
             except httpx.TransportError as exc:
-                raise RegistryError(f"{method} {self.endpoint.host}{_redact(path)}: {_describe(exc)}",
+                raise RegistryError(f"{method} {self._where(path)}: {_describe(exc)}",
                                     retryable=True) from exc
         if more and response.is_success:
-            raise RegistryError(f"{method} {self.endpoint.host}{_redact(path)}: the answer is larger than "
+            raise RegistryError(f"{method} {self._where(path)}: the answer is larger than "
                                 f"{_size(max_body)}: refused", code="TOO_LARGE", retryable=False)
         return _with_body(response, body)
 
@@ -910,7 +916,7 @@ class RegistryHTTP:
             except httpx.TransportError as exc:
                 attempt += 1
                 if attempt >= attempts:
-                    raise RegistryError(f"{method} {self.endpoint.host}{_redact(path)}: {_describe(exc)}",
+                    raise RegistryError(f"{method} {self._where(path)}: {_describe(exc)}",
                                         retryable=True) from exc
                 log.debug("retrying %s %s after %s", method, _redact(path), _describe(exc))
                 await asyncio.sleep(self.retry.backoff(attempt - 1))
