@@ -232,12 +232,18 @@ def test_a_registry_answering_garbage_fails_only_its_image(case: Case, registry:
     assert not seed.manifest_exists(registry, "copied/bad", "1")
 
 
-def test_a_tag_list_of_null_is_an_empty_repository(registry: RegistryProcess, tmp_path: Any) -> None:
+@pytest.mark.parametrize("tags", ["null", "[]"])
+def test_a_tag_list_of_null_is_an_empty_repository(tags: str, registry: RegistryProcess, tmp_path: Any,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
     """docker-registry answers ``"tags": null`` for a repository whose tags were all deleted: not garbage, no
-    image, and the good rule beside it still syncs."""
+    image, and the good rule beside it still syncs. The rule that copies nothing gets one warning line."""
     seed.push_image(registry, "good/app", "1", seed="good")
-    with HostileServer(Garbage(tags=json_reply('{"name": "bad/app", "tags": null}'))) as hostile:
+    with HostileServer(Garbage(tags=json_reply(f'{{"name": "bad/app", "tags": {tags}}}'))) as hostile:
+        capfd.readouterr()
         code, result = run_sync(tmp_path, {f"{hostile.host}/bad/app": f"{registry.host}/copied/bad",
                                            f"{registry.host}/good/app:1": f"{registry.host}/copied/good"},
                                 {hostile.host: {"plainHTTP": True}, registry.host: auth_entry(registry)})
+        err = capfd.readouterr().err
     assert code == 0 and result["imagesSynced"] == 1 and result["imagesFailed"] == 0, result
+    (warning,) = [line for line in err.splitlines() if "WARNING" in line]
+    assert f"rule {hostile.host}/bad/app" in warning and f"{hostile.host}/bad/app lists no tags" in warning, warning

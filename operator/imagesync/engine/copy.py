@@ -166,7 +166,7 @@ class Syncer:
         failures = [ImageOutcome(error.rule_text, "", "failed", error.reason) for error in rule_errors]
         catalogs: dict[int, asyncio.Task[RepositoryList]] = {}
 
-        async def expand(rule: Rule) -> list[ImagePair]:
+        async def expand(rule: Rule, from_catalog: bool = False) -> list[ImagePair]:
             if rule.source.prefix:
                 return await expand_prefix(rule)
             tags: list[str] | None = None
@@ -177,6 +177,12 @@ class Syncer:
                 except ImageSyncError as exc:
                     failures.append(ImageOutcome(rule.text, "", "failed", clip(str(exc), REASON_MAX_CHARS)))
                     return []
+                if not listed and not listed.invalid:
+                    # "tags": [] or null (docker-registry's answer once every tag is deleted): an empty repository
+                    # is not an error (exit 0), but a rule that copies nothing is worth one line. A repository a
+                    # catalog listed gets it at INFO: a registry may hold many emptied ones.
+                    log.log(logging.INFO if from_catalog else logging.WARNING,
+                            "rule %s: %s lists no tags (an empty repository): nothing to copy", rule.text, repo)
                 # Never used as a tag (it could address another repository): reported, the rest still syncs.
                 # Outcomes are keyed by source: each names its tag.
                 for bad in listed.invalid[:INVALID_TAGS_REPORTED]:
@@ -224,7 +230,7 @@ class Syncer:
                                              f"is under {source.path or 'the registry'} and selected by the "
                                              f"rule's repositories include/exclude"))
                 return []
-            groups = await asyncio.gather(*(expand(sub) for sub in selected))
+            groups = await asyncio.gather(*(expand(sub, from_catalog=True) for sub in selected))
             return [pair for group in groups for pair in group]
 
         expanded = await asyncio.gather(*(expand(rule) for rule in rules))
