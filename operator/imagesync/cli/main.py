@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,36 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds: give a positive number, e.g. 30 "
+                                         f"or 2.5")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """--deadline: seconds from ``90``, ``90s``, ``15m``, ``2h``, ``1h30m`` or ``1.5h``; positive."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = list(_DURATION_PART.finditer(compact))
+    units = [part.group(2) for part in parts]
+    well_formed = (bool(parts) and "".join(part.group(0) for part in parts) == compact
+                   and (len(parts) == 1 or all(units)) and len(set(units)) == len(units))
+    seconds = sum(float(part.group(1)) * _DURATION_UNITS[part.group(2)] for part in parts) if well_formed else 0.0
+    if not well_formed or not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a duration: give a positive number of seconds "
+                                         f"or hours/minutes/seconds, e.g. 90, 90s, 15m, 2h, 1h30m")
+    return seconds
+
+
 def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
     files = parser.add_argument_group("configuration files (image-syncer's formats, JSON or YAML)")
     files.add_argument("--auth", metavar="FILE", help="credentials file (default: ./auth.json if present)")
@@ -93,6 +124,12 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
                      help="bandwidth limit per registry, uploads and downloads together, e.g. 50MiB/s, 20M, "
                           "512KiB (K/M/G = 1000^n, Ki/Mi/Gi = 1024^n; an auth entry's limitRate wins for its "
                           "registry; default unlimited)")
+    run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                     help="per request: the longest wait to connect, and the longest a read or write may stall "
+                          "(default: connect 15 s, read and write 120 s); a request that times out is retried")
+    run.add_argument("--deadline", type=parse_duration, default=None, metavar="DURATION",
+                     help="the whole sync ends by then (e.g. 90s, 15m, 2h, 1h30m): images not finished are "
+                          "reported failed with the reason 'deadline exceeded' (exit 1); default none")
     run.add_argument("--os", action="append", metavar="OS[:VERSION]",
                      help="copy only these platforms' OS from indexes (rewrites the index: new digest)")
     run.add_argument("--arch", action="append", metavar="ARCH[:VARIANT]",
@@ -275,7 +312,7 @@ def signature_options(args: argparse.Namespace) -> SignatureOptions:
 
 def options_from(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(proc=max(1, args.proc), retries=args.retries, force=args.force, qps=args.qps or None,
-                       limit_rate=args.limit_rate,
+                       limit_rate=args.limit_rate, timeout=args.timeout, deadline=args.deadline,
                        skip_existing=args.skip_existing,
                        platforms=PlatformFilter(_split_list(args.os), _split_list(args.arch)),
                        ca_file=args.ca_file,

@@ -65,6 +65,10 @@ class SyncOptions:
     platforms: PlatformFilter = field(default_factory=PlatformFilter)
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     referrers: ReferrerOptions = field(default_factory=ReferrerOptions)  # signatures, attestations, SBOMs
+    # --timeout: seconds per request to connect, and of inactivity while reading or writing (None: the defaults,
+    # connect 15 s, read and write 120 s); --deadline: seconds for the whole sync (None: no deadline).
+    timeout: float | None = None
+    deadline: float | None = None
     signatures: SignatureOptions = field(default_factory=SignatureOptions)  # --only-signed, --signature-key
 
 
@@ -109,9 +113,11 @@ class Registries:
             # proc + 2 request slots: each blob transfer holds at most a GET and a PATCH, and at most proc
             # transfers run, so this never deadlocks even when source and target are one registry.
             # More slots only cost CPU: httpcore rescans its pool per waiting request.
+            timeout = self._options.timeout
             http = RegistryHTTP(endpoint, limiter=limiter, bandwidth=self._buckets[repo.api_host], quota=gate,
                                 retry=self._options.retry_policy,
-                                max_connections=self._options.proc + 2, transport=transport)
+                                max_connections=self._options.proc + 2, transport=transport,
+                                timeout=httpx.Timeout(timeout, pool=600.0) if timeout else None)
             client = self._clients[key] = RegistryClient(http)
         return client
 
@@ -155,6 +161,8 @@ class Syncer:
         # later repositories mount from it instead of uploading the same bytes again.
         self._first_copy: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
         self.referrers = ReferrerCopier(self, options.referrers) if options.referrers.enabled else None
+        # --deadline: the event loop's clock reading by which the whole sync ends (set by sync()).
+        self.deadline_at: float | None = None
         self.signatures = (SignatureGate(self, options.signatures, self.referrers)
                            if options.signatures.only_signed else None)
 
@@ -233,7 +241,15 @@ class Syncer:
             groups = await asyncio.gather(*(expand(sub, from_catalog=True) for sub in selected))
             return [pair for group in groups for pair in group]
 
-        expanded = await asyncio.gather(*(expand(rule) for rule in rules))
+        async def expand_in_time(rule: Rule) -> list[ImagePair]:
+            try:
+                async with asyncio.timeout_at(self.deadline_at):
+                    return await expand(rule)
+            except TimeoutError:
+                failures.append(ImageOutcome(rule.text, "", "failed", self._deadline_reason("while planning")))
+                return []
+
+        expanded = await asyncio.gather(*(expand_in_time(rule) for rule in rules))
         seen: set[tuple[str, str]] = set()
         pairs: list[ImagePair] = []
         for group in expanded:
@@ -253,7 +269,9 @@ class Syncer:
         self.stats.images_total = len(pairs) + len(planning_failures)
         pending = list(pairs)
         if self.options.skip_existing and not self.options.force:
-            pending = await self._drop_existing(pending)
+            with contextlib.suppress(TimeoutError):  # past the deadline every pair left fails as such, below
+                async with asyncio.timeout_at(self.deadline_at):
+                    pending = await self._drop_existing(pending)
         for round_number in range(1 + max(0, self.options.retries)):
             if round_number:
                 log.info("retry round %d for %d image(s)", round_number, len(pending))
@@ -298,8 +316,29 @@ class Syncer:
                      len(pairs) - len(pending))
         return pending
 
+    def _deadline_reason(self, doing: str = "") -> str:
+        limit = self.options.deadline
+        return f"deadline exceeded{' ' + doing if doing else ''} (--deadline {limit:g} s)"
+
     async def _sync_one(self, pair: ImagePair) -> bool:
         """Sync one image and record its outcome; True when it failed in a way worth retrying."""
+        try:
+            async with asyncio.timeout_at(self.deadline_at):
+                return await self._sync_one_in_time(pair)
+        except TimeoutError:
+            reason = self._deadline_reason()
+            self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "failed", reason))
+            log.warning("failed %s -> %s: %s", pair.source, pair.target, reason)
+            return False
+
+    async def cancel_transfers(self) -> None:
+        """Blob transfers still running (past the deadline nothing waits for them): cancelled and awaited."""
+        leftovers = [task for task in self._blob_tasks.values() if not task.done()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
+    async def _sync_one_in_time(self, pair: ImagePair) -> bool:
         async with self._images:
             try:
                 outcome = await self.sync_image(pair)
@@ -542,6 +581,8 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
     """
     registries = Registries(auth, options, transport_factory)
     syncer = Syncer(registries, options, stats)
+    if options.deadline is not None:
+        syncer.deadline_at = asyncio.get_running_loop().time() + options.deadline
     try:
         pairs, failures = await syncer.plan(rules, rule_errors)
         if shard_count > 1:
@@ -552,4 +593,5 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
         syncer.stats.finished = time.monotonic()
         syncer.stats.logins_accepted, syncer.stats.logins_rejected = registries.login_results()
         syncer.stats.quotas = registries.quotas()
+        await syncer.cancel_transfers()
         await registries.aclose()
