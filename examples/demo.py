@@ -33,7 +33,7 @@ def main() -> int:
                 f"{source.host}/demo/tools:/^[0-9]+$/": [f"{target.host}/mirror/tools",
                                                          f"{target.host}/backup/tools"],
             }
-            auth = {source.host: {"insecure": True}, target.host: {"insecure": True}}
+            auth = {source.host: {"plainHTTP": True}, target.host: {"plainHTTP": True}}
             (work / "images.yaml").write_text(yaml.safe_dump(images))
             (work / "auth.yaml").write_text(yaml.safe_dump(auth))
             print("images.yaml:\n" + yaml.safe_dump(images))
