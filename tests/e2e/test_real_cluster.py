@@ -524,9 +524,10 @@ async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cl
     # Every field the operator wrote survived the API server's pruning.
     assert {"phase", "observedGeneration", "startTime", "completionTime", "progress", "failedImages",
             "failedImagesTotal", "shards", "jobName", "credentials", "run", "conditions", "syncedSummary",
-            "progressSummary"} <= set(status), sorted(status)
+            "progressSummary", "registryQuotas"} <= set(status), sorted(status)
     assert set(progress) == {"imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied",
-                             "blobsMounted", "blobsSkipped", "bytesCopied", "bytesPerSecond", "percent"}
+                             "blobsMounted", "blobsSkipped", "bytesCopied", "bytesPerSecond", "percent",
+                             "referrersCopied", "referrersSkipped", "referrersFailed"}
     assert status["shards"] == [{"index": 0, "state": "Succeeded", "imagesTotal": 2, "imagesDone": 2,
                                  "imagesFailed": 0, "bytesCopied": progress["bytesCopied"]}]
     complete = condition(status, "Complete")
