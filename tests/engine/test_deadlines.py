@@ -7,10 +7,8 @@ sends nothing); a good image between repositories of a real docker-registry goes
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,16 +34,7 @@ class Stall:
         return Reply(503)
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() points the root logger at standard error: give the next test back the original."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
+pytestmark = pytest.mark.usefixtures("restore_logging")  # main() runs in-process here
 
 
 def stalled_run(registry: RegistryProcess, tmp_path: Any, source: str, *flags: str,

@@ -98,6 +98,26 @@ async def cluster() -> AsyncIterator[Cluster]:
             yield c
 
 
+def emulator_registry(cluster: Cluster, ctx: Context) -> kopf.OperatorRegistry:
+    """The operator's handlers for ``ctx``, logged in to the emulator, with watch timeouts short enough
+    that kopf stops promptly (kmock's watch streams never end by themselves)."""
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+        settings.watching.server_timeout = 1
+        settings.watching.client_timeout = 1.5
+        settings.posting.level = logging.INFO
+
+    return registry
+
+
 @dataclass
 class Operator:
     stop: Callable[[], Any]
@@ -110,23 +130,10 @@ async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
     state: dict[str, Any] = {}
 
     async def start() -> None:
-        registry = kopf.OperatorRegistry()
         api_client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=cluster.url))
         ctx = Context(Kube(api_client), OperatorSettings(worker_image="imagesync:test"), schedule_interval=0.3,
                       credential_check_interval=0.5)
-        register(registry, ctx)
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=cluster.url, insecure=True)
-
-        @kopf.on.startup(registry=registry)
-        def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-            configure(settings)
-            settings.watching.server_timeout = 1
-            settings.watching.client_timeout = 1.5
-            settings.posting.level = logging.INFO
-
+        registry = emulator_registry(cluster, ctx)
         stop_flag, ready_flag = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True,
                                                  stop_flag=stop_flag, ready_flag=ready_flag))
@@ -159,4 +166,4 @@ async def player(cluster: Cluster, tmp_path: Path) -> AsyncIterator[JobPlayer]:
     await job_player.aclose()
 
 
-__all__ = ["Cluster", "Operator"]
+__all__ = ["Cluster", "Operator", "emulator_registry"]

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import kopf
 import kubernetes
 import pytest
-from kube.conftest import Cluster
+from kube.conftest import Cluster, emulator_registry
 from kube.jobplayer import JobPlayer
 from kube.objects import NAMESPACE, isj, regcred
 from prometheus_client.parser import text_string_to_metric_families
 
-from imagesync.controller.handlers import Context, configure, register
+from imagesync.controller.handlers import Context
 from imagesync.controller.kube import Kube
 from imagesync.controller.main import run
 from imagesync.controller.metrics import Metrics
@@ -55,20 +53,7 @@ async def served(cluster: Cluster) -> AsyncIterator[Endpoints]:
     api_client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=cluster.url))
     metrics.count_api_errors(api_client)
     ctx = Context(Kube(api_client), settings, schedule_interval=0.3, credential_check_interval=0.5, metrics=metrics)
-    registry = kopf.OperatorRegistry()
-    register(registry, ctx)
-
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=cluster.url, insecure=True)
-
-    @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure(settings)
-        settings.watching.server_timeout = 1
-        settings.watching.client_timeout = 1.5
-        settings.posting.level = logging.INFO
-
+    registry = emulator_registry(cluster, ctx)
     stop_flag, ready_flag = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run(registry, ctx, standalone=True, stop_flag=stop_flag, ready_flag=ready_flag))
     await asyncio.wait_for(ready_flag.wait(), 10)
