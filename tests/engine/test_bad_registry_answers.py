@@ -1,6 +1,6 @@
 """The registry half of the bad-input corpus (issue 12, point 1): a registry that answers garbage.
 
-A scripted listener (:class:`hostile.HostileServer`) plays the source registry of one rule; it serves a small
+A scripted listener (:class:`testbed.hostile.HostileServer`) plays the source registry of one rule; it serves a small
 valid image except for the one answer the case spoils (a manifest that is not JSON, a descriptor with a bad
 digest or size, an unknown media type, a tag list of the wrong shape, an HTML page, a garbage challenge, a
 token response without a token, blob bytes that do not match their digest, a Content-Length that lies). A
@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from cli_helpers import auth_entry, run_sync
-from hostile import HostileServer, Received, Reply
 
 from imagesync.cli.main import EXIT_IMAGES_FAILED
 from testbed import seed
+from testbed.hostile import HostileServer, Received, Reply
 from testbed.registry import RegistryProcess
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -1,7 +1,7 @@
 """A registry that accepts a request and never answers must not hang a sync: --timeout bounds each request,
 --deadline the whole sync (images not finished by then fail with the reason "deadline exceeded", exit 1).
 
-The stalled registry is a :class:`hostile.HostileServer` whose handler waits (it has read the request and
+The stalled registry is a :class:`testbed.hostile.HostileServer` whose handler waits (it has read the request and
 sends nothing); a good image between repositories of a real docker-registry goes in the same run.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from cli_helpers import auth_entry, run_sync
-from hostile import HostileServer, Received, Reply
 
 from imagesync.cli.main import EXIT_IMAGES_FAILED, build_parser, parse_duration
 from imagesync.engine.transport import Endpoint, RegistryHTTP
 from testbed import seed
+from testbed.hostile import HostileServer, Received, Reply
 from testbed.registry import RegistryProcess
 
 

@@ -1,7 +1,7 @@
 """Issue 11, findings 1-3: a hostile registry cannot take our credentials elsewhere, address another
 repository through the names it lists, or exhaust our memory or time. Each test is an attack.
 
-The attacker is :class:`hostile.HostileServer` (a scripted listener that records what it receives), alone or
+The attacker is :class:`testbed.hostile.HostileServer` (a scripted listener that records what it receives), alone or
 in front of a real registry at the transport seam.
 """
 
@@ -18,7 +18,6 @@ import httpx
 import pytest
 import yaml
 from cli_helpers import auth_for
-from hostile import HostileServer, Received, Reply, basic_challenge, gzip_bomb, json_reply
 
 from imagesync.engine import registry as registry_module
 from imagesync.engine.config import load_auth
@@ -30,6 +29,7 @@ from imagesync.engine.stats import SyncStats
 from imagesync.engine.transport import Endpoint, RegistryHTTP, RetryPolicy
 from testbed import seed
 from testbed.certs import CertificateAuthority
+from testbed.hostile import HostileServer, Received, Reply, basic_challenge, gzip_bomb, json_reply
 from testbed.registry import RegistryProcess
 
 USER, PASSWORD = "alice", "s3cret-password"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import run_sync
-from hostile import HostileServer, Received, Reply, basic_challenge, json_reply
 
 from imagesync.engine.config import load_auth
 from imagesync.engine.errors import ConfigError, RegistryError
@@ -27,6 +26,7 @@ from imagesync.engine.reference import parse_repository
 from imagesync.engine.registry import RegistryClient
 from imagesync.engine.transport import Endpoint, RegistryHTTP, RetryPolicy
 from testbed import seed
+from testbed.hostile import HostileServer, Received, Reply, basic_challenge, json_reply
 from testbed.net import LOOPBACK
 from testbed.registry import MakeRegistry, RegistryProcess
 
