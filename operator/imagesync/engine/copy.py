@@ -36,7 +36,7 @@ from imagesync.engine.manifest import (
 )
 from imagesync.engine.reference import ImageRef, Repository
 from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions, SignatureGate
-from imagesync.engine.registry import RegistryClient, RepositoryList
+from imagesync.engine.registry import RegistryClient, RepositoryList, TagList
 from imagesync.engine.rules import ImagePair, Rule, expand_prefix_rule, expand_rule, shard, source_needs_tag_list
 from imagesync.engine.signatures import SignatureOptions
 from imagesync.engine.stats import ImageOutcome, SyncStats
@@ -141,6 +141,15 @@ class Registries:
             await client.http.aclose()
 
 
+@dataclass(frozen=True)
+class ToCopy:
+    """An image :meth:`Syncer.decide` found missing or different at the target: the manifest to push (the
+    source's, or its platform-filtered index) and a note for its outcome."""
+
+    manifest: Manifest
+    note: str = ""
+
+
 def _reference(image: ImageRef) -> str:
     ref = image.digest or image.tag
     if not ref:
@@ -160,6 +169,9 @@ class Syncer:
         # (target host, digest) -> (repository, task) of the first transfer of that blob to that registry:
         # later repositories mount from it instead of uploading the same bytes again.
         self._first_copy: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
+        # Each source repository's tag list, read once per run: by the planner and by the referrers'
+        # fallback-tag lookup alike (listing it twice cost a round trip per repository).
+        self._source_tag_lists: dict[tuple[str, str], asyncio.Task[TagList]] = {}
         self.referrers = ReferrerCopier(self, options.referrers) if options.referrers.enabled else None
         # --deadline: the event loop's clock reading by which the whole sync ends (set by sync()).
         self.deadline_at: float | None = None
@@ -167,6 +179,15 @@ class Syncer:
                            if options.signatures.only_signed else None)
 
     # -- planning ------------------------------------------------------------------------------
+
+    async def source_tags(self, repo: Repository) -> TagList:
+        """The tags of a source repository, listed once per run (a failed listing is tried again)."""
+        client = self.registries.client_for(repo)
+        key = (client.host, repo.path)
+        task = self._source_tag_lists.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._source_tag_lists[key] = asyncio.create_task(client.list_tags(repo.path))
+        return await asyncio.shield(task)
 
     async def plan(self, rules: Sequence[Rule],
                    rule_errors: Sequence[RuleError] = ()) -> tuple[list[ImagePair], list[ImageOutcome]]:
@@ -181,7 +202,7 @@ class Syncer:
             if source_needs_tag_list(rule):
                 repo = rule.source.repo
                 try:
-                    tags = listed = await self.registries.client_for(repo).list_tags(repo.path)
+                    tags = listed = await self.source_tags(repo)
                 except ImageSyncError as exc:
                     failures.append(ImageOutcome(rule.text, "", "failed", clip(str(exc), REASON_MAX_CHARS)))
                     return []
@@ -354,6 +375,19 @@ class Syncer:
             return False
 
     async def sync_image(self, pair: ImagePair) -> ImageOutcome:
+        decision = await self.decide(pair)
+        if isinstance(decision, ImageOutcome):
+            return decision
+        source, target, manifest = pair.source, pair.target, decision.manifest
+        src, dst = self.registries.client_for(source.repo), self.registries.client_for(target.repo)
+        await self._copy_references(src, source.repo, dst, target.repo, manifest)
+        await dst.put_manifest(target.repo.path, _reference(target), manifest)
+        self.stats.manifests_pushed += 1
+        return ImageOutcome(str(source), str(target), "synced", digest=manifest.digest, note=decision.note)
+
+    async def decide(self, pair: ImagePair) -> ImageOutcome | ToCopy:
+        """Whether the image needs copying (reads only): the outcome when it does not (up to date, refused by
+        --only-signed), else the manifest to push. The copy and the dry-run plan (engine/plan.py) share it."""
         source, target = pair.source, pair.target
         src = self.registries.client_for(source.repo)
         dst = self.registries.client_for(target.repo)
@@ -398,11 +432,7 @@ class Syncer:
                 if existing is not None and existing.digest == filtered.digest:
                     return ImageOutcome(str(source), str(target), "skipped", digest=filtered.digest, note=note)
             manifest = filtered
-
-        await self._copy_references(src, source.repo, dst, target.repo, manifest)
-        await dst.put_manifest(target.repo.path, dst_ref, manifest)
-        self.stats.manifests_pushed += 1
-        return ImageOutcome(str(source), str(target), "synced", digest=manifest.digest, note=note)
+        return ToCopy(manifest, note)
 
     async def _read_manifest(self, src: RegistryClient, repo: Repository, ref: str, name: str) -> Manifest:
         try:

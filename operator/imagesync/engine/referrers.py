@@ -231,7 +231,6 @@ class ReferrerCopier:
     def __init__(self, syncer: Syncer, options: ReferrerOptions) -> None:
         self.syncer = syncer
         self.options = options
-        self._tag_lists: dict[tuple[str, str], asyncio.Task[frozenset[str]]] = {}
         self._subjects: dict[tuple[str, str, str], asyncio.Task[SubjectResult]] = {}
 
     async def after_image(self, pair: ImagePair, outcome: ImageOutcome) -> ImageOutcome:
@@ -353,17 +352,9 @@ class ReferrerCopier:
     # -- reading ---------------------------------------------------------------------------------
 
     async def _source_tags(self, src: RegistryClient, repo: Repository) -> frozenset[str]:
-        key = (src.host, repo.path)
-        task = self._tag_lists.get(key)
-        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = asyncio.create_task(self._list_tags(src, repo))
-            self._tag_lists[key] = task
-        return await asyncio.shield(task)
-
-    @staticmethod
-    async def _list_tags(src: RegistryClient, repo: Repository) -> frozenset[str]:
+        """The source repository's tags (the planner's listing when it made one; none for a 404)."""
         try:
-            return frozenset(await src.list_tags(repo.path))
+            return frozenset(await self.syncer.source_tags(repo))
         except RegistryError as exc:
             if exc.status == 404:
                 return frozenset()
