@@ -282,10 +282,11 @@ def test_round_trip_image_transfer(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> set[str]:
-    code = main(["sync", *argv, "--dry-run"])
+    """The pairs a dry run plans, as "source -> target" lines (from its JSON plan)."""
+    code = main(["sync", *argv, "--dry-run", "--output", "json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    return {line for line in out.splitlines() if " -> " in line}
+    return {f"{entry['source']} -> {entry['target']}" for entry in json.loads(out)["entries"]}
 
 
 def test_live_round_trip_through_the_worker(registry: RegistryProcess, basic_registry: RegistryProcess,

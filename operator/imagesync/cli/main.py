@@ -23,7 +23,7 @@ from typing import TextIO
 
 from imagesync import __version__
 from imagesync.cli.convert import add_convert_arguments, run_convert
-from imagesync.cli.progress import TerminalDisplay, show_progress, summary, terminal_display
+from imagesync.cli.progress import TerminalDisplay, plan_text, show_progress, summary, terminal_display
 from imagesync.engine.config import AuthTable, check_ca_file, load_auth, load_images, load_legacy_config
 from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.errors import ConfigError, ImageSyncError, RuleError
@@ -31,6 +31,7 @@ from imagesync.engine.image_transfer import DEFAULT_QPS as DEFAULT_TRANSFER_QPS
 from imagesync.engine.image_transfer import load_rules as load_transfer_rules
 from imagesync.engine.image_transfer import load_security
 from imagesync.engine.manifest import PlatformFilter
+from imagesync.engine.plan import dry_run
 from imagesync.engine.reference import ReferenceError, check_registry_host, parse_repository
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
@@ -139,7 +140,10 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
                      help="missing-only: one tags/list per target repository decides, tags the target has are "
                           "not copied nor compared (a tag moved at the source is not noticed; for immutable tags)")
     run.add_argument("--ca-file", metavar="FILE", help="extra CA bundle trusted for every HTTPS registry")
-    run.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan without writing (GET and HEAD requests only): each pair up to date, to copy or "
+                          "failed, and the blobs and bytes the targets lack; a table, or JSON with --output json "
+                          "or --result-file; exit 0 when every pair was planned, 1 when some could not be")
     refs = parser.add_argument_group("referrers: signatures, attestations and SBOMs that refer to an image")
     refs.add_argument("--referrers", action=argparse.BooleanOptionalAction, default=True,
                       help="copy the artifacts that refer to each image and to each child of an index (OCI "
@@ -335,7 +339,7 @@ async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = N
         return EXIT_BAD_INPUT
     options = options_from(args)
     if args.dry_run:  # lists the malformed rules among what it cannot plan
-        return await _dry_run(rules, rule_errors, auth, options)
+        return await _dry_run(args, rules, rule_errors, auth, options)
     for error in rule_errors:
         log.error("%s", error)
     stats = SyncStats()
@@ -362,20 +366,19 @@ async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = N
     return EXIT_IMAGES_FAILED if stats.failed() else EXIT_OK
 
 
-async def _dry_run(rules: Sequence[object], rule_errors: Sequence[object], auth: AuthTable,
-                   options: SyncOptions) -> int:
-    from imagesync.engine.copy import Registries, Syncer
-
-    registries = Registries(auth, options)
-    try:
-        pairs, failures = await Syncer(registries, options).plan(rules, rule_errors)  # type: ignore[arg-type]
-    finally:
-        await registries.aclose()
-    for pair in pairs:
-        print(f"{pair.source} -> {pair.target}")
-    for failure in failures:
-        print(f"cannot plan {failure.source}: {failure.reason}", file=sys.stderr)
-    return EXIT_IMAGES_FAILED if failures else EXIT_OK
+async def _dry_run(args: argparse.Namespace, rules: Sequence[Rule], rule_errors: Sequence[RuleError],
+                   auth: AuthTable, options: SyncOptions) -> int:
+    """--dry-run: the plan (engine/plan.py; GET and HEAD requests only), as a table or as JSON (--output json,
+    --result-file). Exit 0 when every pair was planned, even if copies are needed; 1 when some could not be."""
+    plan = await dry_run(rules, rule_errors, auth, options)
+    document = {"dryRun": True, **plan.as_dict(), "durationSeconds": plan.duration_seconds}
+    if args.result_file:
+        try:
+            Path(args.result_file).write_text(json.dumps(document, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--result-file {args.result_file}: cannot write: {exc.strerror or exc}") from None
+    print(json.dumps(document, indent=2) if args.output == "json" else plan_text(plan))
+    return EXIT_IMAGES_FAILED if plan.count("failed") else EXIT_OK
 
 
 def report_error(error: ImageSyncError, log_file: str | None) -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from imagesync.engine.plan import Plan
 from imagesync.engine.stats import SyncStats, Transfer
 
 if TYPE_CHECKING:
@@ -252,3 +253,28 @@ def summary(stats: SyncStats) -> str:
 def is_interactive(stream: TextIO = sys.stderr) -> bool:
     """A terminal that can be drawn on (TERM=dumb, e.g. an editor's shell buffer, gets plain lines)."""
     return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+PLAN_STATES = {"up-to-date": "up to date", "copy": "copy", "skipped": "skip", "failed": "failed"}
+
+
+def plan_text(plan: Plan) -> str:
+    """A dry run's plan as a table: one line per pair (state, pair, what it would copy or why not), then the
+    totals and the notes that say where the bytes are an estimate."""
+    lines = []
+    for entry in plan.entries:
+        line = f"{PLAN_STATES[entry.state]:<10}  {entry.source} -> {entry.target}"
+        if entry.state == "copy":
+            estimate = "" if entry.exact else ", estimate: may be mounted, not uploaded"
+            line += f"  ({entry.blobs} blobs, {human_bytes(entry.bytes)}{estimate})"
+        if entry.reason:
+            line += f": {entry.reason}"
+        lines.append(line)
+    skipped = plan.count("skipped")
+    lines.append(f"Plan: {len(plan.entries)} pairs: {plan.count('up-to-date')} up to date, {plan.count('copy')} to "
+                 f"copy{f', {skipped} skipped (--only-signed)' if skipped else ''}, {plan.count('failed')} could "
+                 f"not be planned")
+    lines.append(f"To copy: {len(plan.missing)} blobs, {human_bytes(plan.bytes_to_copy)} "
+                 f"({'exact' if plan.exact else 'estimate'}; nothing was copied)")
+    lines.extend(f"Note: {note}" for note in plan.notes)
+    return "\n".join(lines)
