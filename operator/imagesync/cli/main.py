@@ -144,6 +144,15 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
                      help="plan without writing (GET and HEAD requests only): each pair up to date, to copy or "
                           "failed, and the blobs and bytes the targets lack; a table, or JSON with --output json "
                           "or --result-file; exit 0 when every pair was planned, 1 when some could not be")
+    prune = parser.add_argument_group(
+        "pruning: target tags the source no longer has (docs/rules.md, Pruning, says which)")
+    prune.add_argument("--prune", action="store_true",
+                       help="after the copy, list the target tags each rule's selector (every tag, /regex/, "
+                            "semver, exclude) covers that its source no longer has, per target repository: "
+                            "what would be deleted. Deletes nothing without --prune-confirm")
+    prune.add_argument("--prune-confirm", action="store_true",
+                       help="with --prune: delete them (untag where the registry can; else by digest, only when no "
+                            "kept tag shares the manifest)")
     refs = parser.add_argument_group("referrers: signatures, attestations and SBOMs that refer to an image")
     refs.add_argument("--referrers", action=argparse.BooleanOptionalAction, default=True,
                       help="copy the artifacts that refer to each image and to each child of an index (OCI "
@@ -286,6 +295,12 @@ def check_arguments(args: argparse.Namespace) -> None:
             check_output_file(flag, path)
     if args.ca_file:
         check_ca_file(args.ca_file, "--ca-file")
+    if args.prune_confirm and not args.prune:
+        raise ConfigError("--prune-confirm confirms --prune: give both to delete (--prune alone lists what would "
+                          "be deleted)")
+    if args.prune and args.dry_run:
+        raise ConfigError("--dry-run does not evaluate pruning: drop --prune there (--prune without "
+                          "--prune-confirm lists what would be pruned and deletes nothing)")
     try:
         if args.registry:
             check_registry_host(args.registry)
@@ -323,7 +338,8 @@ def options_from(args: argparse.Namespace) -> SyncOptions:
                        referrers=ReferrerOptions(enabled=args.referrers, include=_split_list(args.referrers_type),
                                                  exclude=_split_list(args.referrers_exclude_type),
                                                  optional=args.referrers_optional),
-                       signatures=signature_options(args))
+                       signatures=signature_options(args),
+                       prune=("delete" if args.prune_confirm else "dry-run") if args.prune else None)
 
 
 async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = None) -> int:
@@ -363,7 +379,7 @@ async def run_sync(args: argparse.Namespace, display: TerminalDisplay | None = N
         print(json.dumps(result, indent=2))
     else:
         print(summary(stats))
-    return EXIT_IMAGES_FAILED if stats.failed() else EXIT_OK
+    return EXIT_IMAGES_FAILED if stats.failed() or (stats.prune and stats.prune.count("errors")) else EXIT_OK
 
 
 async def _dry_run(args: argparse.Namespace, rules: Sequence[Rule], rule_errors: Sequence[RuleError],

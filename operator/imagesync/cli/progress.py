@@ -241,6 +241,8 @@ def summary(stats: SyncStats) -> str:
     if refused:
         lines.append("Skipped by --only-signed:")
         lines.extend(f"  {o.source}: {o.reason}" for o in refused)
+    if stats.prune is not None:
+        lines.extend(stats.prune.lines())
     failures = stats.failed()
     if failures:
         lines.append("Failed images:")

@@ -34,6 +34,8 @@ from imagesync.engine.manifest import (
     check_supported,
     filter_index,
 )
+from imagesync.engine.prune import PruneMode
+from imagesync.engine.pruner import PlannedRule, Pruner
 from imagesync.engine.reference import ImageRef, Repository
 from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions, SignatureGate
 from imagesync.engine.registry import RegistryClient, RepositoryList, TagList
@@ -70,6 +72,7 @@ class SyncOptions:
     timeout: float | None = None
     deadline: float | None = None
     signatures: SignatureOptions = field(default_factory=SignatureOptions)  # --only-signed, --signature-key
+    prune: PruneMode | None = None  # --prune: target tags the source no longer has (engine/prune.py); None: off
 
 
 TransportFactory = Callable[[Endpoint], httpx.AsyncBaseTransport | None]
@@ -177,6 +180,8 @@ class Syncer:
         self.deadline_at: float | None = None
         self.signatures = (SignatureGate(self, options.signatures, self.referrers)
                            if options.signatures.only_signed else None)
+        # The rules plan() expanded with their source's tags (what pruning compares the targets with).
+        self.planned: list[PlannedRule] = []
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -223,10 +228,13 @@ class Syncer:
                     failures.append(ImageOutcome(f"{repo} (more invalid tags)", "", "failed",
                                                  f"{repo} lists {more} more invalid tags: skipped (rule {rule.text})"))
             try:
-                return expand_rule(rule, tags)
+                expanded = expand_rule(rule, tags)
             except RuleError as exc:
                 failures.append(ImageOutcome(rule.text, "", "failed", exc.reason))
                 return []
+            if tags is not None:
+                self.planned.append(PlannedRule(rule, frozenset(tags)))
+            return expanded
 
         async def expand_prefix(rule: Rule) -> list[ImagePair]:
             """A whole registry or namespace: its _catalog (listed once per registry client), then each
@@ -351,6 +359,15 @@ class Syncer:
             self.stats.record(ImageOutcome(str(pair.source), str(pair.target), "failed", reason))
             log.warning("failed %s -> %s: %s", pair.source, pair.target, reason)
             return False
+
+    async def prune(self, pairs: Sequence[ImagePair]) -> None:
+        """After the copy: prune the rules' targets (engine/pruner.py) into the stats, within the deadline."""
+        pruner = Pruner(self.registries.client_for, confirmed=self.options.prune == "delete")
+        try:
+            async with asyncio.timeout_at(self.deadline_at):
+                self.stats.prune = await pruner.prune(self.planned, pairs)
+        except TimeoutError:
+            self.stats.prune = pruner.report_so_far(self._deadline_reason("while pruning"))
 
     async def cancel_transfers(self) -> None:
         """Blob transfers still running (past the deadline nothing waits for them): cancelled and awaited."""
@@ -614,11 +631,15 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
     if options.deadline is not None:
         syncer.deadline_at = asyncio.get_running_loop().time() + options.deadline
     try:
-        pairs, failures = await syncer.plan(rules, rule_errors)
+        planned_pairs, failures = await syncer.plan(rules, rule_errors)
+        pairs = planned_pairs
         if shard_count > 1:
             pairs = shard(pairs, shard_index, shard_count)
             failures = failures if shard_index == 0 else []
-        return await syncer.run(pairs, failures)
+        stats = await syncer.run(pairs, failures)
+        if options.prune is not None and shard_index == 0:  # one worker prunes, knowing every shard's pairs
+            await syncer.prune(planned_pairs)
+        return stats
     finally:
         syncer.stats.finished = time.monotonic()
         syncer.stats.logins_accepted, syncer.stats.logins_rejected = registries.login_results()

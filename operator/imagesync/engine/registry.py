@@ -226,6 +226,21 @@ class RegistryClient:
                 retryable=False)
         return response.headers
 
+    async def delete_manifest(self, repo: str, reference: str) -> bool | None:
+        """``DELETE /v2/<name>/manifests/<reference>`` (pruning): a tag untags where the registry supports it,
+        a digest deletes the manifest and every tag on it. True when deleted, False when it was not there,
+        None when the registry refuses this kind of delete: distribution 2.8 answers a tag with 400
+        DIGEST_INVALID, a registry without ``storage.delete.enabled`` answers 405 UNSUPPORTED."""
+        response = await self.http.request("DELETE", _manifest_path(repo, reference),
+                                           scopes=[f"repository:{repo}:delete"])
+        if response.status_code in (200, 202, 204):
+            return True
+        if response.status_code == 404:
+            return False
+        if response.status_code in (400, 405, 501) or registry_error_code(response) == "UNSUPPORTED":
+            return None
+        raise registry_error(response, f"deleting {self.host}/{repo}{'@' if ':' in reference else ':'}{reference}")
+
     # -- referrers (OCI distribution 1.1) ------------------------------------------------------
 
     async def get_referrers(self, repo: str, digest: str, artifact_type: str | None = None) -> list[Any] | None:

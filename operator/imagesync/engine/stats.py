@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from imagesync.engine.prune import PruneReport
+
 Outcome = Literal["synced", "skipped", "failed"]
 ReferrerOutcome = Literal["copied", "skipped", "failed"]
 
@@ -76,6 +78,8 @@ class SyncStats:
     # Blob uploads in flight, in the order they started (not part of the snapshot: it changes too fast).
     # At most ``proc`` entries: a list is cheap to scan.
     transfers: list[Transfer] = field(default_factory=list)
+    # --prune: what was (or, a dry run, would be) deleted per target repository; None when not pruning.
+    prune: PruneReport | None = None
 
     def transfer_started(self, repository: str, digest: str, size: int) -> Transfer:
         transfer = Transfer(repository, digest, size)
@@ -144,6 +148,8 @@ class SyncStats:
         }
         if self.quotas:  # only when a registry announced a quota
             data["registryQuotas"] = {host: dict(quota) for host, quota in self.quotas.items()}
+        if self.prune is not None:  # counts only; the result file lists every tag
+            data["prune"] = {key: value for key, value in self.prune.as_dict().items() if key != "repositories"}
         return data
 
     def result(self) -> dict[str, Any]:
@@ -152,4 +158,6 @@ class SyncStats:
         data["failedImages"] = [o.as_dict() for o in self.failed()]
         data["syncedImages"] = [o.as_dict() for o in self.outcomes.values() if o.outcome == "synced"]
         data["skippedImages"] = [o.as_dict() for o in self.outcomes.values() if o.outcome == "skipped"]
+        if self.prune is not None:
+            data["prune"] = self.prune.as_dict()
         return data
