@@ -1,20 +1,23 @@
 """A scripted HTTP(S) listener for attack tests: it answers what the test says and records what it was sent.
 
 It plays a hostile registry (lying ``Location``, ``Link`` and ``realm``, decompression bombs, endless pages) or
-the foreign host such a registry points us to, so a test can assert what reached it, Authorization included.
+the foreign host such a registry points us to (:class:`Witness`), so a test can assert what reached it,
+Authorization included. Each listener is a real HTTP server on 127.0.0.1 with its own port, served from a thread
+of the test process; the engine scopes credentials to scheme, host and port, so two listeners are two hosts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from testbed.certs import ServerCertificate
 from testbed.net import LOOPBACK
@@ -43,6 +46,9 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # Instead of ``body``: chunks made on demand (a huge body never held in the test's memory); the
+    # headers then say the length (or the connection closes when the chunks run out).
+    stream: Callable[[], Iterable[bytes]] | None = None
 
 
 Handler = Callable[[Received], Reply]
@@ -57,7 +63,7 @@ class HostileServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> HostileServer:
+    def __enter__(self) -> Self:
         server = _Server((LOOPBACK, 0), _handler_for(self))
         server.daemon_threads = True
         if self._tls is not None:
@@ -107,6 +113,9 @@ class _Server(ThreadingHTTPServer):
 def _handler_for(server: HostileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: with Nagle's algorithm, the body of every answer on a
+        # kept-alive connection would wait for the client's delayed ACK (40 ms a request).
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             request = Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
@@ -114,14 +123,18 @@ def _handler_for(server: HostileServer) -> type[BaseHTTPRequestHandler]:
             server._record(request)
             reply = server.handler(request)
             self.send_response(reply.status)
-            headers = {"Content-Length": str(len(reply.body)), **reply.headers}
+            length = {} if reply.stream is not None else {"Content-Length": str(len(reply.body))}
+            headers = {**length, **reply.headers}
+            if "Content-Length" not in headers:
+                self.close_connection = True  # the body ends when the connection does
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
             if self.command != "HEAD":
                 # The client may stop reading early (that is the point of a cap): not an error here.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                    self.wfile.write(reply.body)
+                    for chunk in reply.stream() if reply.stream is not None else (reply.body,):
+                        self.wfile.write(chunk)
 
         def _body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -143,14 +156,45 @@ def _handler_for(server: HostileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class Witness(HostileServer):
+    """The other host a hostile registry points us to. It records every request (``received``, Authorization
+    included) and answers each one with a lure: 401 and a Bearer challenge naming a token realm on itself, so
+    a client that learned challenges from a foreign host would send it the registry's credentials."""
+
+    def __init__(self, *, tls: ServerCertificate | None = None) -> None:
+        super().__init__(self._lure, tls=tls)
+
+    def _lure(self, request: Received) -> Reply:
+        return Reply(401, {"WWW-Authenticate": f'Bearer realm="{self.url}/token",service="witness"',
+                           "Content-Type": "application/json"}, b'{"errors": [{"code": "UNAUTHORIZED"}]}')
+
+    def authorizations(self) -> list[Received]:
+        """The requests that carried an Authorization header: none, unless a credential leaked here."""
+        return [r for r in self.received if r.authorization is not None]
+
+
+@functools.cache
 def gzip_bomb(inflated: int, chunk: int = 1024 * 1024) -> bytes:
     """A gzip stream of ``inflated`` zero bytes (about inflated / 1000 bytes long), built without ever
-    holding the inflated bytes."""
+    holding the inflated bytes (once per process: 200 MiB take a second)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
     zeros = bytes(chunk)
     parts = [compressor.compress(zeros) for _ in range(inflated // chunk)]
     parts.append(compressor.flush())
     return b"".join(parts)
+
+
+def endless_bytes(size: int, fill: bytes = b"{", chunk: int = 1024 * 1024) -> Callable[[], Iterator[bytes]]:
+    """A :attr:`Reply.stream` of ``size`` bytes of ``fill``, made a chunk at a time."""
+    block = fill * (chunk // len(fill))
+
+    def chunks() -> Iterator[bytes]:
+        left = size
+        while left > 0:
+            yield block[:left]
+            left -= len(block)
+
+    return chunks
 
 
 def basic_challenge() -> Reply:
