@@ -172,16 +172,30 @@ def test_prune_lists_then_confirmed_deletes_in_scope_only_and_keeps_the_shared_d
     assert world.tags("mirror/app") == {"a", "c", "d"}
 
 
-def test_a_source_that_cannot_be_listed_prunes_nothing(registry: RegistryProcess, registry2: RegistryProcess,
-                                                       tmp_path: Path) -> None:
-    seed.push_image(registry2, "mirror/gone", "x", seed="x")
+def test_rules_whose_tags_are_unknown_stop_pruning_where_they_could_copy(
+        registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
+    """A rule that cannot be planned (its source is missing) might copy any tag to its target: that repository is
+    not pruned, though another rule's source lacks its tags. A rule that does not parse leaves every target
+    unknown: nothing is pruned."""
+    seed.push_image(registry, "lib/app", "a", seed="a")
+    seed.push_image(registry2, "mirror/app", "x", seed="x")
+    auth = auth_for(registry, registry2)
     mark = registry2.log_mark()
-    code, result = run_sync(tmp_path, {f"{registry.host}/lib/missing": f"{registry2.host}/mirror/gone"},
-                            auth_for(registry, registry2), "--prune", "--prune-confirm")
+    code, result = run_sync(tmp_path, {f"{registry.host}/lib/app": f"{registry2.host}/mirror/app",
+                                       f"{registry.host}/lib/missing": f"{registry2.host}/mirror/app"},
+                            auth, "--prune", "--prune-confirm")
     assert code == 1 and result["failedImagesTotal"] == 1
-    assert result["prune"]["repositories"] == []
+    [entry] = result["prune"]["repositories"]
+    assert entry["error"] == "not pruned: a rule targeting it could not be planned (its tags are unknown)"
+    assert entry["deleted"] == [] and result["prune"]["errors"] == 1
+
+    code, result = run_sync(tmp_path, {f"{registry.host}/lib/app": f"{registry2.host}/mirror/app",
+                                       f"{registry.host}/lib/app:/(/": f"{registry2.host}/mirror/app"},
+                            auth, "--prune", "--prune-confirm", name="malformed")
+    assert code == 1
+    assert result["prune"]["error"] == "1 rule(s) could not be read, so their targets are unknown: nothing pruned"
     assert [r for r in registry2.request_log(mark) if r.method == "DELETE"] == []
-    assert seed.list_tags(registry2, "mirror/gone") == ["x"]
+    assert set(seed.list_tags(registry2, "mirror/app")) == {"a", "x"}
 
 
 @pytest.mark.parametrize("flags, message", [

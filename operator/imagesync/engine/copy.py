@@ -39,7 +39,15 @@ from imagesync.engine.pruner import PlannedRule, Pruner
 from imagesync.engine.reference import ImageRef, Repository
 from imagesync.engine.referrers import ReferrerCopier, ReferrerOptions, SignatureGate
 from imagesync.engine.registry import RegistryClient, RepositoryList, TagList
-from imagesync.engine.rules import ImagePair, Rule, expand_prefix_rule, expand_rule, shard, source_needs_tag_list
+from imagesync.engine.rules import (
+    ImagePair,
+    Rule,
+    TargetSpec,
+    expand_prefix_rule,
+    expand_rule,
+    shard,
+    source_needs_tag_list,
+)
 from imagesync.engine.signatures import SignatureOptions
 from imagesync.engine.stats import ImageOutcome, SyncStats
 from imagesync.engine.transport import ByteBucket, Endpoint, QuotaGate, RateLimiter, RegistryHTTP, RetryPolicy
@@ -180,8 +188,11 @@ class Syncer:
         self.deadline_at: float | None = None
         self.signatures = (SignatureGate(self, options.signatures, self.referrers)
                            if options.signatures.only_signed else None)
-        # The rules plan() expanded with their source's tags (what pruning compares the targets with).
+        # The rules plan() expanded with their source's tags (what pruning compares the targets with), and the
+        # targets of those it could not expand (their tags are unknown: pruning leaves those repositories alone).
         self.planned: list[PlannedRule] = []
+        self.unplanned: list[TargetSpec] = []
+        self.malformed_rules = 0
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -198,6 +209,7 @@ class Syncer:
                    rule_errors: Sequence[RuleError] = ()) -> tuple[list[ImagePair], list[ImageOutcome]]:
         """Expand rules into image pairs, plus a failed outcome for each rule that cannot be expanded."""
         failures = [ImageOutcome(error.rule_text, "", "failed", error.reason) for error in rule_errors]
+        self.malformed_rules = len(rule_errors)
         catalogs: dict[int, asyncio.Task[RepositoryList]] = {}
 
         async def expand(rule: Rule, from_catalog: bool = False) -> list[ImagePair]:
@@ -210,6 +222,7 @@ class Syncer:
                     tags = listed = await self.source_tags(repo)
                 except ImageSyncError as exc:
                     failures.append(ImageOutcome(rule.text, "", "failed", clip(str(exc), REASON_MAX_CHARS)))
+                    self.unplanned.append(rule.target)
                     return []
                 if not listed and not listed.invalid:
                     # "tags": [] or null (docker-registry's answer once every tag is deleted): an empty repository
@@ -231,6 +244,7 @@ class Syncer:
                 expanded = expand_rule(rule, tags)
             except RuleError as exc:
                 failures.append(ImageOutcome(rule.text, "", "failed", exc.reason))
+                self.unplanned.append(rule.target)
                 return []
             if tags is not None:
                 self.planned.append(PlannedRule(rule, frozenset(tags)))
@@ -247,6 +261,7 @@ class Syncer:
                 catalog = await asyncio.shield(task)
             except ImageSyncError as exc:
                 failures.append(ImageOutcome(rule.text, "", "failed", clip(str(exc), REASON_MAX_CHARS)))
+                self.unplanned.append(rule.target)
                 return []
             source = rule.source.repo
             relevant = [bad for bad in catalog.invalid if rule.source.relative(bad) is not None]
@@ -276,6 +291,7 @@ class Syncer:
                     return await expand(rule)
             except TimeoutError:
                 failures.append(ImageOutcome(rule.text, "", "failed", self._deadline_reason("while planning")))
+                self.unplanned.append(rule.target)
                 return []
 
         expanded = await asyncio.gather(*(expand_in_time(rule) for rule in rules))
@@ -365,7 +381,7 @@ class Syncer:
         pruner = Pruner(self.registries.client_for, confirmed=self.options.prune == "delete")
         try:
             async with asyncio.timeout_at(self.deadline_at):
-                self.stats.prune = await pruner.prune(self.planned, pairs)
+                self.stats.prune = await pruner.prune(self.planned, pairs, self.unplanned, self.malformed_rules)
         except TimeoutError:
             self.stats.prune = pruner.report_so_far(self._deadline_reason("while pruning"))
 

@@ -141,23 +141,29 @@ class RepositoryPrune:
 class PruneReport:
     confirmed: bool  # False: a dry run, nothing was deleted
     repositories: list[RepositoryPrune]
+    refused: str = ""  # why nothing was pruned at all
 
     def count(self, what: Literal["deleted", "kept", "errors"]) -> int:
         if what == "errors":
-            return sum(1 for r in self.repositories if r.error)
+            return sum(1 for r in self.repositories if r.error) + bool(self.refused)
         return sum(len(getattr(r, what)) for r in self.repositories)
 
     def as_dict(self) -> dict[str, object]:
-        return {"confirmed": self.confirmed,
-                "deleted" if self.confirmed else "wouldDelete": self.count("deleted"),
-                "kept": self.count("kept"), "errors": self.count("errors"),
-                "repositories": [r.as_dict(self.confirmed) for r in self.repositories]}
+        data: dict[str, object] = {"confirmed": self.confirmed,
+                                   "deleted" if self.confirmed else "wouldDelete": self.count("deleted"),
+                                   "kept": self.count("kept"), "errors": self.count("errors"),
+                                   "repositories": [r.as_dict(self.confirmed) for r in self.repositories]}
+        if self.refused:
+            data["error"] = self.refused
+        return data
 
     def lines(self) -> list[str]:
         """The summary's prune section: one line per repository."""
         head = "Prune" if self.confirmed else "Prune (dry run: nothing deleted; --prune-confirm deletes)"
         lines = [f"{head}: {self.count('deleted')} {'deleted' if self.confirmed else 'would be deleted'}, "
                  f"{self.count('kept')} kept (shared), {self.count('errors')} repository error(s)"]
+        if self.refused:
+            lines.append(f"  {self.refused}")
         for repo in self.repositories:
             parts = []
             if repo.deleted:

@@ -38,7 +38,7 @@ from imagesync.engine.prune import (
 )
 from imagesync.engine.reference import Repository
 from imagesync.engine.registry import RegistryClient
-from imagesync.engine.rules import ImagePair, Rule
+from imagesync.engine.rules import ImagePair, Rule, TargetSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,13 @@ class Pruner:
         self._entries: list[RepositoryPrune] = []
         self._unfinished: set[str] = set()
 
-    async def prune(self, planned: Sequence[PlannedRule], pairs: Sequence[ImagePair]) -> PruneReport:
+    async def prune(self, planned: Sequence[PlannedRule], pairs: Sequence[ImagePair],
+                    unplanned: Sequence[TargetSpec] = (), malformed_rules: int = 0) -> PruneReport:
+        """``unplanned``: targets of rules that could not be expanded; ``malformed_rules``: rules that did not
+        parse. Either means some rule's tags are unknown: it might copy a candidate to the same repository."""
+        if malformed_rules:
+            return PruneReport(self.confirmed, [], refused=f"{malformed_rules} rule(s) could not be read, so their "
+                                                           f"targets are unknown: nothing pruned")
         copied: dict[Repository, set[str]] = {}
         for pair in pairs:
             if pair.target.tag is not None:
@@ -78,6 +84,11 @@ class Pruner:
                 log.debug("prune: rule %s: %s", entry.rule.text, scope)
                 continue
             scoped.setdefault(entry.rule.target.repo, []).append((entry.rule, scope, entry.source_tags))
+        for repo in [repo for repo in scoped if any(_targets(target, repo) for target in unplanned)]:
+            rules = scoped.pop(repo)
+            self._entries.append(RepositoryPrune(str(repo), sorted({rule.text for rule, _, _ in rules}), [], [],
+                                                 "not pruned: a rule targeting it could not be planned (its tags "
+                                                 "are unknown)"))
         await asyncio.gather(*(self._prune_repository(repo, rules, copied.get(repo, set()))
                                for repo, rules in scoped.items()))
         return self.report_so_far("")
@@ -215,3 +226,11 @@ class Pruner:
                 for child in manifest.children():
                     children.setdefault(child.digest, tag)
         return children
+
+
+def _targets(target: TargetSpec, repo: Repository) -> bool:
+    """Whether a rule's target is, or (a prefix) may expand to, this repository."""
+    if not target.prefix:
+        return target.repo == repo
+    prefix = target.repo
+    return prefix.registry == repo.registry and (not prefix.path or repo.path.startswith(prefix.path + "/"))
