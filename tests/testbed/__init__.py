@@ -8,6 +8,8 @@ helpers and an isolated skopeo. No fakes of the registry protocol.
 - :mod:`testbed.skopeo`: :class:`Skopeo` with its own policy, auth file and blob-info cache.
 - :mod:`testbed.system`: skip locally / fail in CI when a system binary is missing.
 - :mod:`testbed.checker`: walks a registry and names every manifest whose blobs or children are missing.
+- :mod:`testbed.hostile`: :class:`HostileServer`, a scripted registry that lies (attack tests), and
+  :class:`Witness`, the other host it points to, which records what reaches it.
 
 Fixtures live in ``tests/conftest.py``: ``registry``, ``registry2``, ``basic_registry``, ``tls_registry``,
 ``token_registry``, ``make_registry`` and ``skopeo``.
