@@ -225,6 +225,12 @@ def run_one(data_set: LongSet, contender: str, proc: int | None, workdir: Path, 
         }
 
 
+# --contenders names: imagesync at its default --proc and at 16, and skopeo sync (a developer iterating on
+# the engine leaves skopeo out: its cold run of the small set takes minutes).
+CONTENDERS: dict[str, tuple[str, int | None]] = {
+    "imagesync": ("imagesync", None), "imagesync16": ("imagesync", 16), "skopeo": ("skopeo", None)}
+
+
 def bench_set(data_set: LongSet, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     source, source_realm = token_registry(workdir / "source")
@@ -236,7 +242,7 @@ def bench_set(data_set: LongSet, args: argparse.Namespace, workdir: Path) -> lis
         source.stop()
         source._extra_config = realm_config
         source.start()
-        contenders: list[tuple[str, int | None]] = [("imagesync", None), ("imagesync", 16), ("skopeo", None)]
+        contenders = [CONTENDERS[name] for name in args.contenders]
         for rep in range(args.reps):
             for contender, proc in contenders:
                 print(f"   {data_set.name} rep {rep} {contender} {proc or ''}", file=sys.stderr, flush=True)
@@ -267,6 +273,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     parser.add_argument("--delay-ms", type=float, default=20.0, help="one-way delay (default 20, RTT 40 ms)")
     parser.add_argument("--rate", help="bandwidth cap per connection and direction (default none)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")

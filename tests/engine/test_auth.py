@@ -100,3 +100,19 @@ def test_token_auth_wrong_password(token_registry: RegistryProcess, registry: Re
     assert all("rejected" in f["reason"] for f in result["failedImages"])
     # The refused login is remembered: one token request, not one per image and retry.
     assert token_registry.token_server.request_count - before == 1
+
+
+def test_one_token_per_target_repository(registry: RegistryProcess, token_registry: RegistryProcess,
+                                         tmp_path: Path) -> None:
+    """A target repository gets one token, with pull and push, before its first request: not a pull token
+    for the manifest HEAD and then a push token for the upload (each a round trip on a distant link)."""
+    for i in range(3):
+        for tag in ("1", "2"):
+            seed.push_image(registry, f"src/app{i}", tag, seed=f"{i}-{tag}")
+    assert token_registry.token_server is not None
+    token_registry.token_server.clear_requests()
+    code, result = run_sync(tmp_path, {f"{registry.host}/src/app{i}": f"{token_registry.host}/dst/app{i}"
+                                       for i in range(3)}, auth_for(token_registry, registry))
+    assert code == 0 and result["imagesSynced"] == 6, result
+    scope_sets = sorted(request.scopes for request in token_registry.token_server.requests)
+    assert scope_sets == [(f"repository:dst/app{i}:pull,push",) for i in range(3)]

@@ -312,6 +312,8 @@ class Syncer:
         for failure in planning_failures:
             self.stats.record(failure)
         self.stats.images_total = len(pairs) + len(planning_failures)
+        for pair in pairs:
+            self.registries.client_for(pair.target.repo).http.expect_push(pair.target.repo.path)
         pending = list(pairs)
         if self.options.skip_existing and not self.options.force:
             with contextlib.suppress(TimeoutError):  # past the deadline every pair left fails as such, below

@@ -32,12 +32,12 @@ refuses semver pre-release tags such as ``1.25.3-alpine``.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
-
-import nodesemver
 
 # The keys of the extended rule form that filter tags (the others, target/targets, name where tags go).
 FILTER_KEYS = ("semver", "prereleases", "exclude", "latest")
@@ -67,6 +67,13 @@ class TagFilter:
         return self.semver is not None or self.latest is not None
 
 
+@functools.cache
+def _semver() -> ModuleType:
+    """nodesemver, imported on first use: it is one of the slowest imports of ``imagesync sync``'s start-up
+    (``python -X importtime``), and most runs name no semver filter."""
+    return importlib.import_module("nodesemver")
+
+
 def parse_version(tag: str) -> Any | None:
     """The semantic version a tag spells (a ``nodesemver.SemVer``), or None when it spells none."""
     if len(tag) > MAX_TAG_LENGTH:
@@ -75,7 +82,7 @@ def parse_version(tag: str) -> Any | None:
     # MAJOR.MINOR reads as MAJOR.MINOR.0; a bare MAJOR stays refused (the library wants three numbers).
     text = f"{two[1]}{two[2]}.{two[3]}.0{two[4] or ''}" if two else tag
     try:
-        return nodesemver.make_semver(text, loose=False)
+        return _semver().make_semver(text, loose=False)
     except ValueError:
         return None
 
@@ -91,7 +98,7 @@ def check_range(value: object) -> str:
     if len(text) > MAX_RANGE_LENGTH:
         raise FilterError(f"semver range longer than {MAX_RANGE_LENGTH} characters: refused")
     try:
-        nodesemver.make_range(text, loose=False)
+        _semver().make_range(text, loose=False)
     except ValueError as exc:
         raise FilterError(f"semver {text!r} is not a range ({exc}); write e.g. \">=1.20 <2\", \"^1.20\" "
                           f"or \">=1.20 <2 || >=3.1\"") from None
@@ -153,7 +160,7 @@ def select_tags(tag_filter: TagFilter, tags: Iterable[str]) -> list[str]:
     if tag_filter.semver is not None:
         # Versions are parsed without the library's include_prerelease, which would compare 2.0.0-rc.1 as equal
         # to 2.0.0; include_prerelease on the test only lifts npm's rule that keeps pre-releases out of ranges.
-        wanted = nodesemver.make_range(tag_filter.semver, loose=False)
+        wanted = _semver().make_range(tag_filter.semver, loose=False)
         kept = [t for t in kept if wanted.test(versions[t], include_prerelease=tag_filter.prereleases)]
     if tag_filter.exclude:
         patterns = [re.compile(regex) for regex in tag_filter.exclude]
