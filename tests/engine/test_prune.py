@@ -24,6 +24,7 @@ from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.prune import (
     PruneAction,
     PruneScope,
+    keep_referrer_tags,
     plan_by_digest,
     prune_candidates,
     prune_scope,
@@ -94,6 +95,20 @@ def test_a_digest_is_deleted_only_when_no_kept_tag_needs_it() -> None:
         PruneAction("f", three, "digest"),
         PruneAction("g", child, "keep", "its manifest is part of kept tag idx's index"),
     ]
+
+
+def test_referrer_tags_of_kept_images_stay() -> None:
+    """The copy makes a sha256-<hex> fallback index at a target without the referrers API; the source may have
+    none, so it is no candidate while its subject stays."""
+    kept_digest, gone_digest, child = ("sha256:" + x * 64 for x in "abc")
+    candidates = {f"sha256-{'a' * 64}": "sha256:" + "1" * 64, f"sha256-{'a' * 64}.sig": "sha256:" + "2" * 64,
+                  f"sha256-{'c' * 64}.att": "sha256:" + "3" * 64, f"sha256-{'b' * 64}.sig": "sha256:" + "4" * 64,
+                  "old": gone_digest}
+    left, keeps = keep_referrer_tags(candidates, {"a": kept_digest, "idx": "sha256:" + "9" * 64}, {child: "idx"})
+    assert sorted(left) == ["old", f"sha256-{'b' * 64}.sig"]
+    assert [(a.tag, a.reason) for a in keeps] == [(f"sha256-{'a' * 64}", "refers to kept tag a"),
+                                                  (f"sha256-{'a' * 64}.sig", "refers to kept tag a"),
+                                                  (f"sha256-{'c' * 64}.att", "refers to kept tag idx")]
 
 
 # -- against real registries -------------------------------------------------------------------------------
@@ -196,6 +211,30 @@ def test_rules_whose_tags_are_unknown_stop_pruning_where_they_could_copy(
     assert result["prune"]["error"] == "1 rule(s) could not be read, so their targets are unknown: nothing pruned"
     assert [r for r in registry2.request_log(mark) if r.method == "DELETE"] == []
     assert set(seed.list_tags(registry2, "mirror/app")) == {"a", "x"}
+
+
+def test_a_namespace_rule_prunes_the_repositories_its_catalog_lists(
+        registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
+    """lib/ -> mirror/: mirror/app loses old (lib/app no longer has it) but keeps the signature tag of its kept
+    image a; mirror/gone, whose source repository is gone from the catalog, is left as it is."""
+    a = seed.push_image(registry, "lib/app", "a", seed="a")
+    seed.push_image(registry2, "mirror/app", "a", seed="a")
+    signature = f"sha256-{a.digest.removeprefix('sha256:')}.sig"
+    seed.push_image(registry2, "mirror/app", signature, seed="sig")
+    old = seed.push_image(registry2, "mirror/app", "old", seed="old")
+    seed.push_image(registry2, "mirror/gone", "z", seed="z")
+    mark = registry2.log_mark()
+    code, result = run_sync(tmp_path, {f"{registry.host}/lib/": f"{registry2.host}/mirror/"},
+                            auth_for(registry, registry2), "--prune", "--prune-confirm", "--no-referrers")
+    assert code == 0, result
+    [entry] = result["prune"]["repositories"]
+    assert entry["repository"] == f"{registry2.host}/mirror/app"
+    assert [d["tag"] for d in entry["deleted"]] == ["old"]
+    assert [(k["tag"], k["reason"]) for k in entry["kept"]] == [(signature, "refers to kept tag a")]
+    assert {r.path for r in registry2.request_log(mark) if r.method == "DELETE"} == {
+        "/v2/mirror/app/manifests/old", f"/v2/mirror/app/manifests/{old.digest}"}
+    assert set(seed.list_tags(registry2, "mirror/app")) == {"a", signature}
+    assert seed.list_tags(registry2, "mirror/gone") == ["z"]
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from imagesync.engine.referrers import REFERRER_TAG
 from imagesync.engine.rules import MAX_TAG_LENGTH, Rule
 from imagesync.engine.tagfilter import TagFilter, select_tags
 
@@ -83,6 +84,26 @@ def prune_candidates(scope: PruneScope, source_tags: Collection[str], target_tag
     repository by no rule of the run (``copied_here``: every target tag any rule's pairs name here)."""
     return sorted({tag for tag in target_tags
                    if tag not in source_tags and tag not in copied_here and scope.covers(tag)})
+
+
+def keep_referrer_tags(candidates: Mapping[str, str | None], kept: Mapping[str, str | None],
+                      kept_children: Mapping[str, str]) -> tuple[dict[str, str | None], list[PruneAction]]:
+    """Referrer tags (cosign's ``sha256-<hex>.sig``/``.att``/``.sbom``, the referrers fallback index
+    ``sha256-<hex>``) whose subject is still a kept tag's manifest (or in a kept index) stay: the copy makes the
+    fallback index at a target without the referrers API, so its source need not list it. The candidates left,
+    and the kept ones."""
+    subjects = {digest: tag for tag, digest in sorted(kept.items(), reverse=True) if digest is not None}
+    left: dict[str, str | None] = {}
+    keeps = []
+    for tag, digest in sorted(candidates.items()):
+        match = REFERRER_TAG.fullmatch(tag)
+        subject = f"sha256:{match[1]}" if match else None
+        holder = subject and (subjects.get(subject) or kept_children.get(subject))
+        if holder:
+            keeps.append(PruneAction(tag, digest, "keep", f"refers to kept tag {holder}"))
+        else:
+            left[tag] = digest
+    return left, keeps
 
 
 def plan_by_untag(candidates: Mapping[str, str | None]) -> list[PruneAction]:

@@ -31,6 +31,7 @@ from imagesync.engine.prune import (
     PruneReport,
     PruneScope,
     RepositoryPrune,
+    keep_referrer_tags,
     plan_by_digest,
     plan_by_untag,
     prune_candidates,
@@ -123,10 +124,14 @@ class Pruner:
             indexes = {tag: digest for tag, (digest, media_type) in found.items() if media_type in INDEX_TYPES}
             wanted = {tag: digests[tag] for tag in candidates if tag in digests}
             kept = {tag: digest for tag, digest in digests.items() if tag not in wanted}
+            children = await self._children(client, repo, kept, indexes)
+            wanted, referrers = keep_referrer_tags(wanted, kept, children)
+            entry.kept.extend(referrers)
+            kept.update((action.tag, action.digest) for action in referrers)
             if not self.confirmed:
-                self._record(entry, plan_by_digest(wanted, kept, await self._children(client, repo, kept, indexes)))
+                self._record(entry, plan_by_digest(wanted, kept, children))
             else:
-                await self._delete(client, repo, entry, wanted, kept, indexes)
+                await self._delete(client, repo, entry, wanted, kept, children)
         except ImageSyncError as exc:
             entry.error = clip(str(exc), REASON_MAX_CHARS)
             log.error("prune %s: %s", repo, entry.error)
@@ -136,7 +141,7 @@ class Pruner:
         self._unfinished.discard(entry.repository)
 
     async def _delete(self, client: RegistryClient, repo: Repository, entry: RepositoryPrune,
-                      wanted: dict[str, str | None], kept: dict[str, str | None], indexes: dict[str, str]) -> None:
+                      wanted: dict[str, str | None], kept: dict[str, str | None], children: dict[str, str]) -> None:
         """Confirmed: untag while the registry untags, the rest by digest where no kept tag needs it."""
         left = dict(wanted)
         for action in plan_by_untag(wanted):
@@ -148,7 +153,7 @@ class Pruner:
                 del left[action.tag]
         if not left:
             return
-        actions = plan_by_digest(left, kept, await self._children(client, repo, kept, indexes))
+        actions = plan_by_digest(left, kept, children)
         deleted_digests: set[str] = set()
         for action in actions:
             if action.method == "digest" and action.digest is not None and action.digest not in deleted_digests:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from imagesync.engine.prune import PruneReport
+if TYPE_CHECKING:  # engine/prune.py imports referrers.py, which imports this module
+    from imagesync.engine.prune import PruneReport
 
 Outcome = Literal["synced", "skipped", "failed"]
 ReferrerOutcome = Literal["copied", "skipped", "failed"]
