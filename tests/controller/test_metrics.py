@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagesync.controller.main import build_parser, settings_from
-from imagesync.controller.metrics import Metrics, Seen, fold, health_endpoint, phase_values, timestamp
+from imagesync.controller.metrics import Metrics, Seen, fold, phase_values, timestamp
 from imagesync.controller.settings import OperatorSettings, SettingsError
 
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:30Z", "2026-01-01T01:00:00Z"
@@ -286,12 +286,6 @@ def test_the_endpoint_serves_the_registry_over_http() -> None:
     finally:
         server.close()
     assert 'imagesync_job_status_phase{name="mirror",namespace="team",phase="Running"} 1.0' in text
-
-
-def test_health_endpoint_url() -> None:
-    assert health_endpoint("0.0.0.0", 8081) == "http://0.0.0.0:8081/healthz"
-    assert health_endpoint("::", 8081) == "http://[::]:8081/healthz"
-    assert health_endpoint("127.0.0.1", 0) is None
 
 
 def test_ports_and_address_from_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:

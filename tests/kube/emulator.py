@@ -7,6 +7,8 @@ kopf and our handlers rely on:
   generation (bumped on spec changes), names from generateName;
 - the status subresource: a write to /status changes only status, a write to the object never does;
 - 201 Created on create;
+- replace (PUT) of a named object, with optimistic concurrency: 409 Conflict when the body's
+  resourceVersion is not the stored one (the Lease elector's updates rely on it);
 - garbage collection: deleting an owner deletes what names it in ownerReferences (cascading).
 
 Everything else (admission, schema validation, pruning, RBAC) stays absent: the schema tests and the
@@ -128,7 +130,44 @@ class Emulator(kmock.KubernetesEmulator):
         return any(op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
                    and op.get("value") != current for op in request.data if isinstance(op, dict))
 
+    async def _replace(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """PUT: the whole object replaced (stock kmock routes no PUT), status kept where a subresource owns
+        it, server-managed metadata kept, and the resourceVersion in the body a precondition."""
+        def failure(code: int, reason: str, message: str) -> aiohttp.web.Response:
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                              "code": code, "reason": reason, "message": message}, status=code)
+
+        assert request.resource is not None and isinstance(request.data, dict)
+        async with self._lock:
+            stored = self._stored(request)
+            if stored is None:
+                return failure(404, "NotFound", f"{request.resource.plural} {request.name!r} not found")
+            meta = stored.get("metadata") or {}
+            wanted = (request.data.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != meta.get("resourceVersion"):
+                return failure(409, "Conflict", f"Operation cannot be fulfilled on {request.resource.plural} "
+                               f"{request.name!r}: the object has been modified; please apply your changes to "
+                               "the latest version and try again")
+            data = copy.deepcopy(request.data)
+            new_meta = data.setdefault("metadata", {})
+            for managed in ("uid", "creationTimestamp", "generation", "namespace", "name"):
+                if managed in meta:
+                    new_meta[managed] = meta[managed]
+            new_meta["resourceVersion"] = str(next(self._rv))
+            if self._has_status_subresource(request.resource):
+                data["status"] = copy.deepcopy(stored.get("status"))
+            if data.get("spec") != stored.get("spec"):
+                new_meta["generation"] = int(meta.get("generation", 1)) + 1
+            key = (request.resource, request.namespace, request.name)
+            self._objects[key].create(data)  # a new version in the object's history
+            raw = self._objects[key].raw
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+            return aiohttp.web.json_response(raw)
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if (request.method == enums.method.PUT and request.resource is not None and request.name is not None
+                and request.subresource is None and isinstance(request.data, dict)):
+            return await self._replace(request)
         if self._stale_json_patch(request):
             return aiohttp.web.json_response(
                 {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 422, "reason": "Invalid",

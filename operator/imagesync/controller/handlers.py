@@ -48,6 +48,7 @@ from imagesync.controller.status import (
     fold_progress,
     kstatus_conditions,
     make_condition,
+    plan_message,
     pod_problem,
     with_kstatus,
 )
@@ -183,7 +184,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
         "phase": "Pending", "run": run, "runGeneration": generation, "observedGeneration": generation,
         "jobName": job["metadata"]["name"], "secretName": secret["metadata"]["name"],
         "credentials": document.used,
-        "startTime": now_iso(), "completionTime": None, "pendingGeneration": None,
+        "startTime": now_iso(), "completionTime": None, "pendingGeneration": None, "plan": None,
         "progress": dict(ZERO_PROGRESS), "failedImages": [], "failedImagesTotal": 0, "shards": [],
         "syncedSummary": "0/?", "progressSummary": "-", "conditions": conditions,
     }
@@ -371,6 +372,8 @@ def finish_run(isj: Mapping[str, Any], outcome: str, reports: Mapping[int, Any],
     generation = isj["metadata"].get("generation", 1)
     message = (f"run {status.get('run')}: {progress['imagesSynced']} synced, {progress['imagesSkipped']} "
                f"up to date, {progress['imagesFailed']} failed of {progress['imagesTotal']}")
+    if folded.get("plan"):  # spec.dryRun: what the plan found (the copy counters say nothing was copied)
+        message = f"run {status.get('run')}: {plan_message(folded['plan'])}"
     if outcome == "Failed" and not all_done:
         message += "; worker pods failed (see the Job's pods and their logs)"
     patch = dict(folded)

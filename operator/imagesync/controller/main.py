@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import secrets
+import signal
+import socket
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kopf
 import kubernetes
 
 from imagesync.controller.handlers import Context, configure, register
 from imagesync.controller.kube import Kube
-from imagesync.controller.metrics import Metrics, health_endpoint
+from imagesync.controller.leader import LEASE_NAME, Elector, KubeLeases, LeadershipLost
+from imagesync.controller.metrics import Metrics
 from imagesync.controller.settings import (
     ALLOWLIST_ENV,
     DEFAULT_BIND_ADDRESS,
@@ -28,6 +36,14 @@ from imagesync.controller.settings import (
     own_image,
     port_setting,
 )
+
+# The in-cluster ServiceAccount's namespace, when the Deployment does not pass IMAGESYNC_POD_NAMESPACE.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# How long a replica that lost the Lease lets kopf wind down before it exits (far below the lease duration
+# minus the renew deadline, the time before another replica may start acting).
+LOST_STOP_SECONDS = 1.0
+
+logger = logging.getLogger("imagesync.operator")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -45,9 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use (default: in-cluster)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics at /metrics on "
                         f"this port, 0 for none (env IMAGESYNC_METRICS_PORT; default {DEFAULT_METRICS_PORT})")
-    parser.add_argument("--health-port", type=int, metavar="PORT", help="serve kopf's health endpoint /healthz "
-                        "(liveness and readiness probes) on this port, 0 for none (env IMAGESYNC_HEALTH_PORT; "
-                        f"default {DEFAULT_HEALTH_PORT})")
+    parser.add_argument("--health-port", type=int, metavar="PORT", help="serve the health endpoint /healthz "
+                        "(liveness and readiness probes; a standby replica answers too) on this port, 0 for none "
+                        f"(env IMAGESYNC_HEALTH_PORT; default {DEFAULT_HEALTH_PORT})")
+    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"reconcile only while holding the Lease {LEASE_NAME} in the operator's namespace "
+                        "(IMAGESYNC_POD_NAMESPACE), so that several replicas can run and one takes over when "
+                        "another stops (env IMAGESYNC_LEADER_ELECT=true|false; default: on in a Pod, off with "
+                        "--kubeconfig or outside a cluster; docs/operator.md)")
     allowlists = {
         "allowed_worker_images": ("IMAGE,...", "images spec.worker.image may name: `*` (any), sha256:DIGEST, "
                                   "HOST/ or HOST/NAMESPACE/ (everything under it), HOST/REPOSITORY (any tag or "
@@ -84,6 +105,8 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         changes["log_format"] = args.log_format
     if args.bind_address:
         changes["bind_address"] = args.bind_address
+    if args.leader_elect is not None:
+        changes["leader_elect"] = args.leader_elect
     for name in ALLOWLIST_ENV:
         value = getattr(args, name)
         if value is not None:
@@ -133,15 +156,116 @@ def connection_info(configuration: kubernetes.client.Configuration) -> kopf.Conn
         certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
 
 
-async def run(registry: kopf.OperatorRegistry, ctx: Context, **options: Any) -> None:
+def leader_elect(settings: OperatorSettings, kubeconfig: str | None) -> bool:
+    """Leader election unless told otherwise: on in a Pod (the Deployment runs replicas), off for a run
+    against a kubeconfig (a developer's or a test's single process, whose Lease would block a real one)."""
+    return settings.leader_elect if settings.leader_elect is not None else in_cluster(kubeconfig)
+
+
+def election_identity(env: Mapping[str, str] = os.environ) -> str:
+    """This process's name in the Lease: its Pod (or host) and a random suffix, so that a restarted
+    container is a new candidate and never mistakes its predecessor's Lease for its own."""
+    return f"{env.get('IMAGESYNC_POD_NAME') or socket.gethostname()}_{secrets.token_hex(4)}"
+
+
+def lease_namespace(env: Mapping[str, str] = os.environ,
+                    service_account: Path = SERVICE_ACCOUNT_NAMESPACE) -> str | None:
+    """The namespace of the Lease: the operator's own."""
+    namespace = env.get("IMAGESYNC_POD_NAMESPACE", "").strip()
+    if not namespace and service_account.is_file():
+        namespace = service_account.read_text().strip()
+    return namespace or None
+
+
+@contextlib.asynccontextmanager
+async def health_endpoint(address: str, port: int) -> AsyncIterator[None]:
+    """/healthz for the probes (port 0: none), from start to exit whether this replica leads or stands
+    by: it answers while the event loop runs; a stopped operator exits, a lost Lease too."""
+    if not port:
+        yield
+        return
+
+    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response({})
+
+    app = aiohttp.web.Application()
+    app.add_routes([aiohttp.web.get("/healthz", healthz)])
+    runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, address, port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.contextmanager
+def stopped_by_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM or SIGINT set ``stop`` (while standing by; kopf installs its own handlers once it runs)."""
+    loop = asyncio.get_running_loop()
+    watched = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for signum in watched:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
+    finally:
+        for signum in watched:
+            loop.remove_signal_handler(signum)
+
+
+async def lead(elector: Elector, operator: Callable[[], Coroutine[Any, Any, None]], stop_flag: Any = None) -> None:
+    """Stand by until this replica holds the Lease, then run ``operator`` (kopf) while renewing it.
+    Lost (another holder, or no renewal for the renew deadline): kopf is stopped and LeadershipLost
+    raised. kopf ended (a signal, the stop flag, an error): the Lease is released for the next replica."""
+    stop = asyncio.Event()
+
+    async def relay_stop_flag() -> None:
+        if isinstance(stop_flag, asyncio.Event):
+            await stop_flag.wait()
+            stop.set()
+
+    relay = asyncio.create_task(relay_stop_flag())
+    try:
+        with stopped_by_signals(stop):
+            if not await elector.acquire(stop):
+                logger.info("stopped while standing by")
+                return
+    finally:
+        relay.cancel()
+    # The renewal task first: kopf, when it stops, cancels every task created after it started.
+    holding = asyncio.create_task(elector.hold(), name="lease renewal")
+    reconciling = asyncio.create_task(operator(), name="kopf")
+    try:
+        await asyncio.wait({holding, reconciling}, return_when=asyncio.FIRST_COMPLETED)
+        if holding.done():
+            reconciling.cancel()
+            await asyncio.wait({reconciling}, timeout=LOST_STOP_SECONDS)
+            holding.result()  # LeadershipLost
+        await reconciling
+    finally:
+        holding.cancel()
+        reconciling.cancel()
+        await elector.release()
+
+
+async def run(registry: kopf.OperatorRegistry, ctx: Context, elector: Elector | None = None,
+              **options: Any) -> None:
     """kopf with the operator's endpoints beside it: /metrics (prometheus_client's server, in a thread)
-    and kopf's own health endpoint for the probes. ``options`` go to kopf.operator()."""
+    and /healthz for the probes; with an ``elector``, kopf runs only while this replica holds the Lease.
+    ``options`` go to kopf.operator()."""
     settings = ctx.settings
     server = ctx.metrics.serve(settings.bind_address, settings.metrics_port) if settings.metrics_port else None
-    try:
+
+    async def operator() -> None:
         await kopf.operator(registry=registry, namespaces=list(settings.namespaces),
-                            clusterwide=not settings.namespaces,
-                            liveness_endpoint=health_endpoint(settings.bind_address, settings.health_port), **options)
+                            clusterwide=not settings.namespaces, **options)
+
+    try:
+        async with health_endpoint(settings.bind_address, settings.health_port):
+            if elector is None:
+                await operator()
+            else:
+                await lead(elector, operator, options.get("stop_flag"))
     finally:
         if server is not None:
             server.close()
@@ -173,6 +297,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"imagesync operator: error: cannot read its own Pod to learn the worker image "
               f"(set IMAGESYNC_WORKER_IMAGE instead): {exc.status} {exc.reason}", file=sys.stderr)
         return 2
+    elector = None
+    if leader_elect(settings, args.kubeconfig):
+        namespace = lease_namespace()
+        if namespace is None:
+            print("imagesync operator: error: leader election needs the operator's namespace for its Lease: set "
+                  "IMAGESYNC_POD_NAMESPACE (or --no-leader-elect)", file=sys.stderr)
+            return 2
+        leases = KubeLeases(api_client, namespace, request_timeout=settings.lease_timings.renew_deadline)
+        elector = Elector(leases, election_identity(), settings.lease_timings, where=leases.where())
     ctx = Context(kube, settings, metrics=metrics)
     register(registry, ctx)
 
@@ -188,5 +321,16 @@ def main(argv: Sequence[str]) -> int:
         configure(settings)
 
     logging.getLogger("imagesync").setLevel(logging.INFO)
-    asyncio.run(run(registry, ctx, standalone=True))
+
+    async def operate() -> None:
+        try:
+            await run(registry, ctx, elector, standalone=True)
+        except LeadershipLost as exc:
+            logger.error("leadership lost, exiting for a restart as a standby: %s", exc)
+            logging.shutdown()
+            # At once, not through asyncio.run's teardown: a handler still running in a thread must not go
+            # on writing once another replica may act (the kubelet restarts the container).
+            os._exit(1)
+
+    asyncio.run(operate())
     return 0

@@ -285,12 +285,4 @@ class MetricsServer:
         self.thread.join(5)
 
 
-def health_endpoint(address: str, port: int) -> str | None:
-    """kopf's liveness endpoint URL (None when disabled with port 0); the probes GET it."""
-    if not port:
-        return None
-    host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}/healthz"
-
-
-__all__ = ["Metrics", "MetricsServer", "Observation", "Seen", "fold", "health_endpoint", "phase_values"]
+__all__ = ["Metrics", "MetricsServer", "Observation", "Seen", "fold", "phase_values"]

@@ -62,6 +62,8 @@ def worker_options(spec: JobSpec) -> dict[str, Any]:
         options["qps"] = spec.qps
     if spec.skip_existing:
         options["skipExisting"] = True
+    if spec.dry_run:
+        options["dryRun"] = True
     if spec.bandwidth:
         options["limitRate"] = spec.bandwidth
     referrers = spec.referrers

@@ -46,6 +46,10 @@ MAX_LOG = 200  # what of a bad value a log line shows
 MAX_QUOTAS = 32  # registries whose announced quota one report may carry
 MAX_HOST = 255  # a registry host[:port]
 MAX_WINDOW = 366 * 86400.0  # seconds: a quota window longer than a year is clipped to one
+MAX_PLAN_ENTRIES = 20  # pairs a dry run's plan lists (its counts cover them all)
+MAX_PLAN_NOTES = 8
+PLAN_STATES = ("up-to-date", "copy", "skipped", "failed")
+PLAN_COUNT_KEYS = ("pairs", "upToDate", "toCopy", "skipped", "failed", "blobsToCopy")
 
 COUNT_KEYS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
               "blobsSkipped", "failedImagesTotal", "referrersCopied", "referrersSkipped", "referrersFailed")
@@ -92,6 +96,7 @@ class ShardReport:
     logins_rejected: tuple[str, ...] = ()
     registry_quotas: tuple[RegistryQuota, ...] = ()
     dropped: tuple[str, ...] = field(default=(), compare=False)  # what was clipped or dropped, for the log
+    plan: Mapping[str, Any] | None = None  # a dry run's plan (spec.dryRun), validated by _plan
 
     def as_dict(self) -> dict[str, Any]:
         """The shape :func:`imagesync.controller.status.fold_progress` folds (the worker's, known keys only)."""
@@ -102,6 +107,7 @@ class ShardReport:
                              for f in self.failed_images],
             "loginsAccepted": list(self.logins_accepted), "loginsRejected": list(self.logins_rejected),
             "registryQuotas": [quota.as_dict() for quota in self.registry_quotas],
+            **({"plan": dict(self.plan)} if self.plan is not None else {}),
         }
 
 
@@ -216,6 +222,44 @@ def _quotas(data: Mapping[str, Any], dropped: list[str]) -> tuple[RegistryQuota,
     return tuple(kept)
 
 
+def _plan(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
+    """A dry run's ``plan`` (spec.dryRun): counts as the report's (ints up to MAX_COUNT, bytesToCopy up to
+    MAX_BYTES), ``exact`` a bool, a state of PLAN_STATES per pair; notes and pairs capped, text clipped."""
+    value = data.get("plan")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ReportError(f"plan is not an object: {_show(value)}")
+    plan: dict[str, Any] = {key: _count(value, key) for key in PLAN_COUNT_KEYS}
+    plan["bytesToCopy"] = int(_number(value, "bytesToCopy", MAX_BYTES))
+    if not isinstance(exact := value.get("exact", False), bool):
+        raise ReportError(f"plan exact is not a boolean: {_show(exact)}")
+    plan["exact"] = exact
+    plan["notes"] = [_string(note, "a plan note", MAX_REASON, dropped)
+                     for note in _list(value, "notes", MAX_PLAN_NOTES, dropped)]
+    entries = []
+    for item in _list(value, "entries", MAX_PLAN_ENTRIES, dropped):
+        if not isinstance(item, dict):
+            raise ReportError(f"a plan entry is not an object: {_show(item)}")
+        if item.get("state") not in PLAN_STATES:
+            raise ReportError(f"a plan entry's state is not one of {', '.join(PLAN_STATES)}: "
+                              f"{_show(item.get('state'))}")
+        entry: dict[str, Any] = {"source": _string(item.get("source", ""), "plan source", MAX_REF, dropped),
+                                 "target": _string(item.get("target", ""), "plan target", MAX_REF, dropped),
+                                 "state": item["state"]}
+        if "bytes" in item:
+            entry["bytes"] = int(_number(item, "bytes", MAX_BYTES))
+        if "blobs" in item:
+            entry["blobs"] = _count(item, "blobs")
+        if isinstance(item.get("exact"), bool):
+            entry["exact"] = item["exact"]
+        if item.get("reason"):
+            entry["reason"] = _string(item["reason"], "plan reason", MAX_REASON, dropped)
+        entries.append(entry)
+    plan["entries"] = entries
+    return plan
+
+
 def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | None = None) -> ShardReport:
     """The validated report in an annotation; :class:`ReportError` when it must be ignored.
 
@@ -239,6 +283,7 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
     done = data.get("done", False)
     if not isinstance(done, bool):
         raise ReportError(f"done is not a boolean: {_show(done)}")
+    plan = _plan(data, dropped)
     if "shard" in data:
         shard = _count(data, "shard")
         if index is not None and shard != index:
@@ -254,7 +299,7 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
     return ShardReport(counts, bytes_copied, rate, done, tuple(failed),
                        _logins(data, "loginsAccepted", registries, dropped),
                        _logins(data, "loginsRejected", registries, dropped), _quotas(data, dropped),
-                       tuple(dropped))
+                       tuple(dropped), plan=plan)
 
 
 # -- which pods and jobs count --------------------------------------------------------------------

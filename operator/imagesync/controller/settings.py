@@ -35,6 +35,70 @@ class SettingsError(ValueError):
     pass
 
 
+# Leader election (controller/leader.py, docs/operator.md "High availability"): client-go's defaults. Another
+# replica takes over at most LEASE_DURATION + RETRY_PERIOD after the leader's last renewal; the leader gives
+# up RENEW_DEADLINE after its last renewal, so it has stopped before anyone else can start.
+DEFAULT_LEASE_DURATION_SECONDS = 15
+DEFAULT_RENEW_DEADLINE_SECONDS = 10
+DEFAULT_RETRY_PERIOD_SECONDS = 2
+LEASE_ENV = {
+    "lease_duration": "IMAGESYNC_LEASE_DURATION_SECONDS",
+    "renew_deadline": "IMAGESYNC_LEASE_RENEW_DEADLINE_SECONDS",
+    "retry_period": "IMAGESYNC_LEASE_RETRY_PERIOD_SECONDS",
+}
+
+
+@dataclass(frozen=True)
+class LeaseTimings:
+    """How long a Lease lasts unrenewed (whole seconds: the Lease's leaseDurationSeconds), how long the leader
+    keeps acting without a successful renewal, and how often every replica reads or renews it."""
+
+    lease_duration: int = DEFAULT_LEASE_DURATION_SECONDS
+    renew_deadline: float = DEFAULT_RENEW_DEADLINE_SECONDS
+    retry_period: float = DEFAULT_RETRY_PERIOD_SECONDS
+
+    def __post_init__(self) -> None:
+        # client-go's rule: the leader must give up (renew_deadline) before the others may take over
+        # (lease_duration), and must get more than one try (retry_period) in between.
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise SettingsError(
+                f"{LEASE_ENV['retry_period']}={self.retry_period:g}, {LEASE_ENV['renew_deadline']}="
+                f"{self.renew_deadline:g}, {LEASE_ENV['lease_duration']}={self.lease_duration}: expected "
+                "0 < retry period < renew deadline < lease duration")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LeaseTimings:
+        defaults = cls()
+        values = {name: positive_seconds(env.get(variable), variable, getattr(defaults, name))
+                  for name, variable in LEASE_ENV.items()}
+        return cls(**values)
+
+
+def positive_seconds(value: str | None, name: str, default: int | float) -> int:
+    """Whole seconds, at least 1, from an env variable; empty means the default."""
+    if value is None or not value.strip():
+        return int(default)
+    try:
+        seconds = int(value.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected whole seconds") from None
+    if seconds < 1:
+        raise SettingsError(f"{name}={value!r}: expected at least 1 second")
+    return seconds
+
+
+def switch_setting(value: str | None, name: str) -> bool | None:
+    """true/false from an env variable; empty means undecided (None)."""
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r}: expected true or false")
+
+
 def seconds_setting(value: str | None, name: str, default: int | None, minimum: int = 1) -> int | None:
     """Whole seconds from an env variable: empty means the default, 0 turns the setting off (None)."""
     if value is None or not value.strip():
@@ -120,6 +184,9 @@ class OperatorSettings:
         default_factory=lambda: allowlist_from(os.environ, "allowed_toleration_keys"))
     allowed_node_selector_keys: tuple[str, ...] = field(
         default_factory=lambda: allowlist_from(os.environ, "allowed_node_selector_keys"))
+    # Leader election among the operator's replicas: None decides by where it runs (on in a Pod; main.py).
+    leader_elect: bool | None = None
+    lease_timings: LeaseTimings = field(default_factory=LeaseTimings)
 
     def __post_init__(self) -> None:
         from imagesync.controller.policy import image_rule  # policy builds on this module
@@ -149,4 +216,6 @@ class OperatorSettings:
             allowed_worker_service_accounts=allowlist_from(env, "allowed_worker_service_accounts"),
             allowed_toleration_keys=allowlist_from(env, "allowed_toleration_keys"),
             allowed_node_selector_keys=allowlist_from(env, "allowed_node_selector_keys"),
+            leader_elect=switch_setting(env.get("IMAGESYNC_LEADER_ELECT"), "IMAGESYNC_LEADER_ELECT"),
+            lease_timings=LeaseTimings.from_env(env),
         )

@@ -76,6 +76,7 @@ class JobSpec:
     qps: float = 0.0
     force: bool = False
     skip_existing: bool = False  # missing-only: one tags/list per target repository, tags present not compared
+    dry_run: bool = False  # spec.dryRun: the workers plan (engine/plan.py) and write nothing to any registry
     parallelism: int = 1
     suspend: bool = False
     schedule: str | None = None
@@ -156,6 +157,7 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         credentials=credentials, platforms=platforms,
         concurrency=_int(spec, "concurrency", 5, 1, 256), retries=_int(spec, "retries", 2, 0, 20),
         qps=float(qps), force=_bool(spec, "force"), skip_existing=_bool(spec, "skipExisting"),
+        dry_run=_bool(spec, "dryRun"),
         parallelism=_int(spec, "parallelism", 1, 1, 100),
         suspend=_bool(spec, "suspend"), schedule=schedule,
         history_limit=_int(spec, "historyLimit", DEFAULT_HISTORY_LIMIT, 1, 100),

@@ -71,6 +71,45 @@ def fold_quotas(reports: Mapping[int, Report | None]) -> list[dict[str, Any]]:
     return [lowest[name] for name in sorted(lowest)][:REGISTRY_QUOTAS_CAP]
 
 
+PLAN_ENTRIES_CAP = 20  # pairs listed in status.plan.entries (status.plan.pairs has the count)
+PLAN_COUNTS = ("pairs", "upToDate", "toCopy", "skipped", "failed", "bytesToCopy", "blobsToCopy")
+_PLAN_NOTES_CAP = 8
+
+
+def fold_plan(reports: Mapping[int, Report | None], shards: int) -> dict[str, Any]:
+    """``{"plan": ...}``, status.plan of a dry run (spec.dryRun): the shards' plans summed, exact only when
+    every shard's is, the first :data:`PLAN_ENTRIES_CAP` pairs in shard order. Empty when no shard reported a
+    plan (a run's start removes an earlier dry run's plan)."""
+    plans = [plan for index in range(shards)
+             if isinstance(plan := (reports.get(index) or {}).get("plan"), Mapping)]
+    if not plans:
+        return {}
+    folded: dict[str, Any] = {key: sum(_int(plan, key) for plan in plans) for key in PLAN_COUNTS}
+    folded["exact"] = all(plan.get("exact") is True for plan in plans)
+    notes = [note for plan in plans for note in plan.get("notes") or [] if isinstance(note, str)]
+    folded["notes"] = [note[:_TEXT_CAP] for note in dict.fromkeys(notes)][:_PLAN_NOTES_CAP]
+    entries: list[dict[str, Any]] = []
+    for plan in plans:
+        for entry in plan.get("entries") or []:
+            if isinstance(entry, Mapping) and len(entries) < PLAN_ENTRIES_CAP:
+                row: dict[str, Any] = {k: str(entry.get(k, ""))[:_TEXT_CAP] for k in ("source", "target", "state")}
+                row.update({k: _int(entry, k) for k in ("bytes", "blobs") if k in entry})
+                row.update({k: entry[k] for k in ("exact",) if isinstance(entry.get(k), bool)})
+                if entry.get("reason"):
+                    row["reason"] = str(entry["reason"])[:_TEXT_CAP]
+                entries.append(row)
+    folded["entries"] = entries
+    return {"plan": folded}
+
+
+def plan_message(plan: Mapping[str, Any]) -> str:
+    """A dry run's Complete message: the plan's totals."""
+    skipped = f", {plan.get('skipped')} skipped by spec.onlySigned" if plan.get("skipped") else ""
+    return (f"dry run, nothing copied: {plan.get('pairs')} pairs, {plan.get('upToDate')} up to date, "
+            f"{plan.get('toCopy')} to copy ({plan.get('bytesToCopy')} bytes in {plan.get('blobsToCopy')} blobs, "
+            f"{'exact' if plan.get('exact') else 'estimate'}){skipped}, {plan.get('failed')} could not be planned")
+
+
 def shard_state(report: Report | None, pod_phase: str | None) -> str:
     if pod_phase == "Failed" and not (report and report.get("done") is True):
         return "Failed"
@@ -127,6 +166,7 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
         "syncedSummary": f"{progress['imagesSynced'] + progress['imagesSkipped']}/{total if all_reported else '?'}",
         "progressSummary": f"{percent:.0f}%" if all_reported else "-",
         "registryQuotas": fold_quotas(reports),
+        **fold_plan(reports, shards),
     }
 
 

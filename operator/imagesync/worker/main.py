@@ -13,20 +13,22 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagesync.cli.progress import summary
+from imagesync.cli.progress import plan_text, summary
 from imagesync.engine.config import AuthTable, load_auth, load_images
 from imagesync.engine.copy import SyncOptions, sync
-from imagesync.engine.errors import ConfigError, ImageSyncError
+from imagesync.engine.errors import ConfigError, ImageSyncError, RuleError
 from imagesync.engine.manifest import PlatformFilter
+from imagesync.engine.plan import dry_run
 from imagesync.engine.referrers import ReferrerOptions
-from imagesync.engine.rules import parse_rules
-from imagesync.engine.stats import SyncStats
-from imagesync.worker.report import Reporter, reporter_from_env
+from imagesync.engine.rules import Rule, parse_rules
+from imagesync.engine.stats import ImageOutcome, Outcome, SyncStats
+from imagesync.worker.report import REPORT_PLAN_ENTRIES, Reporter, bounded_plan, reporter_from_env
 
 log = logging.getLogger("imagesync.worker")
 
@@ -50,6 +52,7 @@ class WorkerOptions:
     sync: SyncOptions
     default_registry: str | None = None
     default_namespace: str | None = None
+    dry_run: bool = False  # spec.dryRun: plan (engine/plan.py) instead of copying
 
 
 def load_options(path: Path) -> WorkerOptions:
@@ -74,7 +77,8 @@ def load_options(path: Path) -> WorkerOptions:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid option value: {exc}") from exc
-    return WorkerOptions(sync_options, raw.get("defaultRegistry") or None, raw.get("defaultNamespace") or None)
+    return WorkerOptions(sync_options, raw.get("defaultRegistry") or None, raw.get("defaultNamespace") or None,
+                         dry_run=raw.get("dryRun") is True)
 
 
 def _limit_rate(value: Any) -> float | None:
@@ -127,6 +131,8 @@ async def run_worker(env: Mapping[str, str]) -> int:
     images = load_images(str(config_dir / "images.yaml"))
     options = load_options(config_dir / "options.json")
     rules, rule_errors = parse_rules(images, options.default_registry, options.default_namespace)
+    if options.dry_run:
+        return await _plan_only(env, rules, rule_errors, auth, options.sync, shard_index, shard_count)
 
     stats = SyncStats()
     reporter = reporter_from_env(env)
@@ -145,6 +151,30 @@ async def run_worker(env: Mapping[str, str]) -> int:
     _write_termination_message(final)
     # The shard finished and its report says which images failed: a non-zero exit would only make the
     # Job controller start the whole shard again, after the engine's own retry rounds already ran.
+    return 0
+
+
+async def _plan_only(env: Mapping[str, str], rules: Sequence[Rule], rule_errors: Sequence[RuleError],
+                     auth: AuthTable, options: SyncOptions, shard_index: int, shard_count: int) -> int:
+    """spec.dryRun: this shard's plan instead of its copy (GET and HEAD requests only). The final report
+    carries the plan (totals, notes, the first pairs: bounded_plan) and counts the pairs as a run that copied
+    nothing would: each pair planned as skipped, each that could not be planned as failed, with its reason."""
+    stats = SyncStats()
+    reporter = reporter_from_env(env)
+    await reporter.report(dict(stats.snapshot(), shard=shard_index))
+    plan = await dry_run(rules, rule_errors, auth, options, shard_index=shard_index, shard_count=shard_count)
+    for entry in plan.entries:
+        outcome: Outcome = "failed" if entry.state == "failed" else "skipped"
+        # A reason on a skipped pair is --only-signed's refusal, as in a copy; a copy's note stays a note.
+        reason = entry.reason if entry.state in ("failed", "skipped") else ""
+        stats.record(ImageOutcome(entry.source, entry.target, outcome, reason))
+    stats.images_total = len(plan.entries)
+    stats.finished = time.monotonic()
+    final = dict(stats.snapshot(done=True), shard=shard_index, plan=bounded_plan(plan.as_dict(REPORT_PLAN_ENTRIES)))
+    await reporter.report(final)
+    await reporter.aclose()
+    print(plan_text(plan), flush=True)
+    _write_termination_message(dict(final, plan=plan.totals()))
     return 0
 
 

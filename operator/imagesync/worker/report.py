@@ -71,6 +71,28 @@ def bounded_report(progress: Mapping[str, Any]) -> str:
         listed = listed[:len(listed) // 2]
 
 
+# A dry run's plan (spec.dryRun) travels in the shard's last report: its totals, notes and first pairs, within
+# PLAN_BUDGET bytes (pairs dropped from the end until it fits; the counts stay exact). A tenth of the smallest
+# shard budget, so that failures keep their room. controller/reports.py keeps 20 pairs too.
+REPORT_PLAN_ENTRIES = 20
+PLAN_BUDGET = 8 * 1024
+
+
+def bounded_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """``plan`` (engine/plan.py's ``Plan.as_dict``) with at most REPORT_PLAN_ENTRIES pairs and notes, text
+    clipped, and its JSON within PLAN_BUDGET bytes."""
+    bounded = dict(plan)
+    bounded["notes"] = [_clip(note, REPORT_REASON_CHARS) for note in plan.get("notes") or []][:8]
+    limits = {"source": REPORT_REF_CHARS, "target": REPORT_REF_CHARS, "reason": REPORT_REASON_CHARS}
+    entries = [{k: _clip(v, limits[k]) if k in limits else v for k, v in entry.items()}
+               for entry in (plan.get("entries") or [])[:REPORT_PLAN_ENTRIES]]
+    while True:
+        bounded["entries"] = entries
+        if len(json.dumps(bounded, separators=(",", ":")).encode()) <= PLAN_BUDGET or not entries:
+            return bounded
+        entries = entries[:len(entries) // 2]
+
+
 class Reporter(Protocol):
     async def report(self, progress: Mapping[str, Any]) -> None: ...
 

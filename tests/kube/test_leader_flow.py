@@ -1,0 +1,281 @@
+"""Leader election (controller/leader.py) against the emulator's Lease, with its optimistic concurrency:
+two electors, one acts, the other takes over when the first stops renewing or releases; and two whole
+operators (controller/main.run) of which only the Lease holder reconciles.
+
+The emulator serves from a thread of its own here, as an API server is a process of its own: kopf, when
+it stops, cancels every task of its event loop created after it started, and two operators in one loop
+would otherwise cut each other's requests off at the server. The test reads objects over HTTP.
+
+Short timings (a 2 s lease) keep the module fast; the bounds checked are the election's own: nobody
+takes an unexpired Lease over, and waits are limits, never measurements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import kmock
+import kubernetes
+import pytest
+from kube.conftest import Cluster, emulator_registry
+from kube.emulator import Emulator
+from kube.objects import NAMESPACE, isj
+
+from imagesync.controller.handlers import Context
+from imagesync.controller.kube import Kube
+from imagesync.controller.leader import Elector, KubeLeases, LeadershipLost, LeaseRecord
+from imagesync.controller.main import run
+from imagesync.controller.settings import LeaseTimings, OperatorSettings
+
+LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/imagesync-operator"
+FAST = LeaseTimings(lease_duration=2, renew_deadline=1.2, retry_period=0.2)
+# Two whole operators share the loop and the CPU: more room for a renewal, and a release hands over anyway.
+ROOMY = LeaseTimings(lease_duration=5, renew_deadline=3, retry_period=0.3)
+LIMIT = 15.0  # seconds any awaited step may take before the test fails (far above what it needs)
+
+
+@contextlib.contextmanager
+def emulator_thread() -> Iterator[tuple[Emulator, str]]:
+    """The emulator serving from its own thread and event loop: (emulator, url)."""
+    loop = asyncio.new_event_loop()
+    served: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def serve() -> None:
+        async with Emulator() as emulator, kmock.Server(emulator) as server:
+            emulator.resources.load_bundled()
+            emulator.declare_crds()
+            served.update(emulator=emulator, url=str(server.url).rstrip("/"), stop=asyncio.Event())
+            ready.set()
+            await served["stop"].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), name="emulator", daemon=True)
+    thread.start()
+    assert ready.wait(LIMIT), "the emulator did not start"
+    try:
+        yield served["emulator"], served["url"]
+    finally:
+        loop.call_soon_threadsafe(served["stop"].set)
+        thread.join(LIMIT)
+        loop.close()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    with emulator_thread() as (emulator, url):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            yield Cluster(emulator, url, client)
+
+
+async def read(cluster: Cluster, path: str) -> dict[str, Any]:
+    response = await cluster.client.get(path)
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def lease(cluster: Cluster) -> dict[str, Any]:
+    spec: dict[str, Any] = (await read(cluster, LEASE_PATH))["spec"]
+    return spec
+
+
+async def job_names(cluster: Cluster) -> list[str]:
+    jobs = await read(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")
+    return sorted(j["metadata"]["name"] for j in jobs["items"])
+
+
+async def status_when(cluster: Cluster, name: str, ready: Any, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + LIMIT
+    while time.monotonic() < deadline:
+        found = await read(cluster, f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/{name}")
+        status: dict[str, Any] = found.get("status") or {}
+        if ready(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {name}: {what}")
+
+
+@pytest.fixture
+async def api(cluster: Cluster) -> AsyncIterator[kubernetes.client.ApiClient]:
+    client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=cluster.url))
+    yield client
+    client.close()
+
+
+def elector(api: kubernetes.client.ApiClient, identity: str, timings: LeaseTimings = FAST) -> Elector:
+    leases = KubeLeases(api, NAMESPACE)
+    return Elector(leases, identity, timings, where=leases.where())
+
+
+@contextlib.asynccontextmanager
+async def background(coroutine: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    task = asyncio.ensure_future(coroutine)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, LeadershipLost):
+            await task
+
+
+async def wait_until(what: str, check: Any) -> None:
+    """Until the async ``check`` holds (LIMIT at most)."""
+    deadline = time.monotonic() + LIMIT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_one_acquires_the_other_waits_then_takes_over_once_renewals_stop(
+        cluster: Cluster, api: kubernetes.client.ApiClient) -> None:
+    first, second = elector(api, "a_1"), elector(api, "b_2")
+    assert await asyncio.wait_for(first.acquire(), LIMIT)
+    spec = await lease(cluster)
+    assert spec["holderIdentity"] == "a_1" and spec["leaseTransitions"] == 0
+    async with background(first.hold()) as holding, background(second.acquire()) as waiting:
+        # Several lease durations of renewals: the standby keeps seeing a fresh Lease.
+        for _ in range(3):
+            seen = (await lease(cluster))["renewTime"]
+
+            async def renewed(seen: str = seen) -> bool:
+                return bool((await lease(cluster))["renewTime"] != seen)
+
+            await wait_until("a renewal", renewed)
+        await asyncio.sleep(FAST.lease_duration)
+        assert not waiting.done() and not second.leading and (await lease(cluster))["holderIdentity"] == "a_1"
+        # The leader stops renewing (a lost node: no release).
+        holding.cancel()
+        stopped = time.monotonic()
+        assert await asyncio.wait_for(waiting, LIMIT)
+        # Never before the Lease expired: lease_duration after the last renewal the standby saw.
+        assert time.monotonic() - stopped >= FAST.lease_duration - FAST.retry_period
+    spec = await lease(cluster)
+    assert spec["holderIdentity"] == "b_2" and spec["leaseTransitions"] == 1 and spec["leaseDurationSeconds"] == 2
+    # The old leader, renewing again, finds the Lease taken: it has lost it.
+    with pytest.raises(LeadershipLost, match="held by b_2"):
+        await asyncio.wait_for(first.try_once(), LIMIT)
+
+
+async def test_a_release_hands_over_at_once(cluster: Cluster, api: kubernetes.client.ApiClient) -> None:
+    slow = LeaseTimings(lease_duration=600, renew_deadline=10, retry_period=0.2)  # expiry never comes in time
+    first, second = elector(api, "a_1", slow), elector(api, "b_2", slow)
+    assert await asyncio.wait_for(first.acquire(), LIMIT)
+    async with background(second.acquire()) as waiting:
+        while second.observed is None:  # the standby has read the Lease: it waits out the 600 s
+            await asyncio.sleep(0.05)
+        await first.release()
+        spec = await lease(cluster)
+        assert spec["holderIdentity"] == "" and spec["leaseDurationSeconds"] == 1
+        assert await asyncio.wait_for(waiting, LIMIT)
+    spec = await lease(cluster)
+    assert spec["holderIdentity"] == "b_2" and spec["leaseTransitions"] == 1
+    await first.release()  # not the leader any more: releases nothing
+    assert (await lease(cluster))["holderIdentity"] == "b_2"
+
+
+async def test_a_leader_cut_off_from_the_api_server_gives_up_at_the_renew_deadline(
+        cluster: Cluster, api: kubernetes.client.ApiClient) -> None:
+    leader = elector(api, "a_1")
+    assert await asyncio.wait_for(leader.acquire(), LIMIT)
+    # Its API server becomes unreachable (nothing listens at this address any more).
+    with contextlib.closing(kubernetes.client.ApiClient(kubernetes.client.Configuration(
+            host="http://127.0.0.1:9"))) as unreachable:
+        leader.leases = KubeLeases(unreachable, NAMESPACE, request_timeout=0.5)
+        with pytest.raises(LeadershipLost, match=r"not renewed for 1\.2s"):
+            await asyncio.wait_for(leader.hold(), LIMIT)
+    assert not leader.leading
+
+
+async def test_a_stale_write_gets_409_and_changes_nothing(cluster: Cluster, api: kubernetes.client.ApiClient) -> None:
+    leases = KubeLeases(api, NAMESPACE)
+    assert await leases.create(LeaseRecord(holder="a_1", lease_duration=2)) is not None
+    assert await leases.create(LeaseRecord(holder="b_2", lease_duration=2)) is None  # AlreadyExists
+    record, version = await leases.read()
+    assert record is not None and version
+    assert await leases.replace(LeaseRecord(holder="a_1", lease_duration=2, transitions=0), version) is not None
+    assert await leases.replace(LeaseRecord(holder="b_2", lease_duration=2, transitions=1), version) is None
+    assert (await lease(cluster))["holderIdentity"] == "a_1"
+    # Two candidates for a free Lease at the same moment: exactly one gets it.
+    await leases.replace(LeaseRecord(holder="", lease_duration=1), (await leases.read())[1] or "")
+    candidates = [elector(api, "c_3"), elector(api, "d_4")]
+    await asyncio.gather(*(c.try_once() for c in candidates))
+    assert [c.leading for c in candidates].count(True) == 1
+    assert (await lease(cluster))["holderIdentity"] == next(c.identity for c in candidates if c.leading)
+
+
+@dataclass
+class Replica:
+    elector: Elector
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+    ready: asyncio.Event
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(cluster: Cluster) -> AsyncIterator[list[Replica]]:
+    """Two operators as `imagesync operator` runs them in a Pod (main.run with an elector), each with its
+    own API client. Started from the test's own task, and both before either kopf runs: kopf, when it
+    stops, cancels every task of the loop created after it started."""
+    started: list[Replica] = []
+    clients = []
+    for identity in ("op-a_1", "op-b_2"):
+        client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=cluster.url))
+        clients.append(client)
+        ctx = Context(Kube(client), OperatorSettings(worker_image="imagesync:test", metrics_port=0, health_port=0),
+                      schedule_interval=0.3, credential_check_interval=0.5)
+        leases = KubeLeases(client, NAMESPACE)
+        chosen = Elector(leases, identity, ROOMY, where=leases.where())
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run(emulator_registry(cluster, ctx), ctx, chosen, standalone=True,
+                                       stop_flag=stop, ready_flag=ready))
+        started.append(Replica(chosen, task, stop, ready))
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.stop.set()
+        for replica in started:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(replica.task, LIMIT)
+        for client in clients:
+            client.close()
+
+
+async def test_only_the_lease_holder_reconciles_and_the_standby_takes_over_without_a_second_job(
+        cluster: Cluster) -> None:
+    async with two_replicas(cluster) as replicas:
+        while not any(r.ready.is_set() for r in replicas):
+            await asyncio.sleep(0.05)
+        (leader,) = [r for r in replicas if r.ready.is_set()]
+        (standby,) = [r for r in replicas if r is not leader]
+        await cluster.create(isj("steady", {"r.example.com/a/app:1": "t.example.com/a/app"}))
+        await status_when(cluster, "steady", lambda s: s.get("jobName"), "a job")
+        await asyncio.sleep(1.0)  # the standby has had time to act, were it acting
+        assert not standby.ready.is_set() and not standby.elector.leading and leader.elector.leading
+        assert (await lease(cluster))["holderIdentity"] == leader.elector.identity
+        assert await job_names(cluster) == ["steady-r1"]
+
+        # A rolling update stops the leader (SIGTERM: kopf stops, the Lease is released).
+        leader.stop.set()
+        await asyncio.wait_for(leader.task, LIMIT)
+        await asyncio.wait_for(standby.ready.wait(), LIMIT)
+        spec = await lease(cluster)
+        assert spec["holderIdentity"] == standby.elector.identity and spec["leaseTransitions"] == 1
+        # The new leader resumes the run: the Job controller ends it, the new leader folds the end in.
+        response = await cluster.client.patch(
+            f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/steady-r1/status",
+            json={"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}},
+            headers={"Content-Type": "application/merge-patch+json"})
+        assert response.status_code < 300, response.text
+        status = await status_when(cluster, "steady", lambda s: s.get("completionTime"), "the run's end folded")
+        assert status["run"] == 1
+        assert await job_names(cluster) == ["steady-r1"]
+        # And it reconciles what comes next.
+        await cluster.create(isj("later", {"r.example.com/a/app:1": "t.example.com/a/app"}))
+        await status_when(cluster, "later", lambda s: s.get("jobName") == "later-r1", "a job from the new leader")
