@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
+from imagesync.engine.blobs import copy_blob
 from imagesync.engine.config import AuthTable
 from imagesync.engine.errors import ImageSyncError, RegistryError, RuleError, clip
 from imagesync.engine.manifest import (
@@ -54,7 +54,6 @@ from imagesync.engine.transport import ByteBucket, Endpoint, QuotaGate, RateLimi
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 256 * 1024
 # Invalid tags a source lists are reported one by one up to this many, then counted in one more line.
 INVALID_TAGS_REPORTED = 10
 # A failure reason stays one readable line (registry text in it is clipped shorter where it is quoted).
@@ -564,48 +563,16 @@ class Syncer:
             counted = 0
             transfer = self.stats.transfer_started(f"{dst.host}/{dst_repo.path}", blob.digest, blob.size)
 
-            source_name = f"blob {blob.digest} from {src.host}/{src_repo.path}"
-
-            async def verified(response: httpx.Response) -> AsyncIterator[bytes]:
+            def progress(new_bytes: int) -> None:
                 nonlocal counted
-                digest = hashlib.sha256()
-                chunks = response.aiter_raw(CHUNK_SIZE)
-                while True:
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    except httpx.HTTPError as exc:
-                        # The source failed while the target's upload is under way: the error is the source's,
-                        # not the PUT's that happens to be sending our bytes.
-                        raise RegistryError(f"{source_name}: reading it failed "
-                                            f"({type(exc).__name__}: {clip(str(exc) or 'no detail')})",
-                                            retryable=True) from exc
-                    digest.update(chunk)
-                    counted += len(chunk)
-                    transfer.copied = counted
-                    self.stats.bytes_copied += len(chunk)
-                    if counted > blob.size:
-                        break
-                    yield chunk
-                actual = "sha256:" + digest.hexdigest()
-                if counted != blob.size or actual != blob.digest:
-                    raise RegistryError(
-                        f"blob {blob.digest} from {src.host}/{src_repo.path} arrived corrupted "
-                        f"({counted} bytes, digest {actual}; expected {blob.size} bytes)",
-                        code="DIGEST_INVALID", retryable=True)
+                counted += new_bytes
+                transfer.copied = counted
+                self.stats.bytes_copied += new_bytes
 
             try:
-                async with src.open_blob(src_repo.path, blob.digest) as response:
-                    announced = _content_length(response)
-                    if announced is not None and announced != blob.size:
-                        # A length that lies either leaves us waiting for bytes that never come (longer: until
-                        # the read timeout, on a keep-alive connection) or leaves the surplus on the connection
-                        # (shorter). Refused before reading: closing the unread response closes its connection
-                        # rather than returning it to the pool.
-                        raise RegistryError(f"{source_name} arrived corrupted (Content-Length {announced}; "
-                                            f"expected {blob.size} bytes)", code="SIZE_INVALID", retryable=True)
-                    await dst.upload_blob(dst_repo.path, location, blob.digest, blob.size, verified(response))
+                # Verified on the fly; broken reads and uploads resumed where the registries allow (engine/blobs.py).
+                await copy_blob(src, src_repo.path, dst, dst_repo.path, blob, location,
+                                policy=self.options.retry_policy, progress=progress)
             except httpx.HTTPError as exc:
                 self.stats.bytes_copied -= counted
                 raise RegistryError(f"copying blob {blob.digest} to {dst.host}/{dst_repo.path}: "
@@ -616,12 +583,6 @@ class Syncer:
             finally:
                 self.stats.transfer_ended(transfer)
             self.stats.blobs_copied += 1
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    """The length a response announces (None when it announces none, or one that is not a number)."""
-    value = response.headers.get("content-length", "").strip()
-    return int(value) if value.isdigit() else None
 
 
 async def _gather_all(awaitables: Iterable[Awaitable[None]]) -> None:

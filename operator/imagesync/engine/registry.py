@@ -87,6 +87,10 @@ class RegistryClient:
         # Whether the registry serves the OCI 1.1 referrers API / indexes a pushed manifest's subject:
         # learned from the first answer (None: not known yet), so a registry without it is asked once.
         self.referrers_api: bool | None = None
+        # Blob uploads (engine/blobs.py): the smallest chunk the registry announced (``OCI-Chunk-Min-Length``),
+        # and whether its uploads go in chunks, because it announced one or a streamed upload broke or was refused.
+        self.chunk_min_length: int | None = None
+        self.chunked_uploads = False
 
     @property
     def host(self) -> str:
@@ -320,12 +324,20 @@ class RegistryClient:
         location = response.headers.get("location")
         if not location:
             raise RegistryError(f"{what}: registry sent no upload location", retryable=True)
+        minimum = response.headers.get("oci-chunk-min-length", "").strip()
+        if minimum.isdigit() and int(minimum) > 0:
+            self.chunk_min_length = int(minimum)
+            self.chunked_uploads = True
         return str(response.url.join(location))
 
     @asynccontextmanager
-    async def open_blob(self, repo: str, digest: str) -> AsyncIterator[httpx.Response]:
-        async with self.http.stream("GET", _blob_path(repo, digest), scopes=[pull_scope(repo)]) as response:
-            if response.status_code != 200:
+    async def open_blob(self, repo: str, digest: str, start: int = 0) -> AsyncIterator[httpx.Response]:
+        """The blob's bytes; from ``start`` on asks for a ``Range``: the answer is 206 if the registry honours it,
+        or 200 with the whole blob if it does not (the caller checks ``Content-Range``)."""
+        headers = {"Range": f"bytes={start}-"} if start else None
+        async with self.http.stream("GET", _blob_path(repo, digest), scopes=[pull_scope(repo)],
+                                    headers=headers) as response:
+            if response.status_code not in ((200, 206) if start else (200,)):
                 raise registry_error(await buffered(response), f"reading blob {digest} from {self.host}/{repo}")
             yield response
 
@@ -352,7 +364,11 @@ class RegistryClient:
                 raise registry_error(await buffered(response), f"uploading blob {digest} to {self.host}/{repo}")
             await read_limited(response, SMALL_BODY_MAX_BYTES)
             commit_url = self._location(response, f"uploading blob {digest} to {self.host}/{repo}")
-        committed = await self.http.request("PUT", _with_digest(commit_url, digest), scopes=[push_scope(repo)],
+        await self.commit_upload(repo, commit_url, digest)
+
+    async def commit_upload(self, repo: str, location: str, digest: str) -> None:
+        """``PUT ?digest=`` without a body: the session at ``location`` holds the whole blob."""
+        committed = await self.http.request("PUT", _with_digest(location, digest), scopes=[push_scope(repo)],
                                             headers={"Content-Length": "0"})
         if committed.status_code not in (201, 204):
             raise registry_error(committed, f"committing blob {digest} to {self.host}/{repo}")
