@@ -102,12 +102,14 @@ def test_single_namespace_operator_runs_its_namespace_and_nothing_else(
     kubectl("-n", watched, "wait", "--for=condition=Ready", "isj/one", "--timeout=180s")
     assert seed.get_manifest(target, "ns/app", "1")[2] == image.digest
 
-    # Its rights end at the namespace it watches (and its own Pod).
+    # Its rights end at the namespace it watches (and its own Pod and leader-election Lease).
     assert can_i("get", "secrets", watched) and can_i("create", "jobs", watched)
     for namespace in ("default", "kube-system"):
         for verb, resource in (("get", "secrets"), ("create", "secrets"), ("create", "jobs"), ("list", "pods")):
             assert not can_i(verb, resource, namespace), (verb, resource, namespace)
     assert can_i("get", "pods", OPERATOR_NAMESPACE) and not can_i("get", "secrets", OPERATOR_NAMESPACE)
+    assert can_i("update", "leases/imagesync-operator", OPERATOR_NAMESPACE)
+    assert not can_i("update", "leases/another", OPERATOR_NAMESPACE) and not can_i("create", "leases", watched)
 
 
 def test_the_overlay_renders_what_its_comments_say() -> None:

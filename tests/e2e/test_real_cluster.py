@@ -50,6 +50,7 @@ INSTALLED = bool(OPERATOR_IMAGE) and not PLAY_KUBELET  # the operator runs as th
 NODE_ADDRESS = os.environ.get("IMAGESYNC_E2E_NODE_ADDRESS", "")
 WORKER_IMAGE = os.environ.get("IMAGESYNC_E2E_WORKER_IMAGE") or OPERATOR_IMAGE or "imagesync:e2e"
 OPERATOR_NAMESPACE, OPERATOR_LABEL = "imagesync-system", "app.kubernetes.io/name=imagesync-operator"
+LEASE_NAME = "imagesync-operator"  # the installed replicas' leader election (docs/operator.md)
 GROUP, VERSION = "imagesync.dev", "v1alpha1"
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
 UNPULLABLE = "does-not-exist"  # the played kubelet fails to pull an image whose name holds this
@@ -267,6 +268,27 @@ def operator_pods(api: Any) -> list[Any]:
 
     return list(kubernetes.client.CoreV1Api(api).list_namespaced_pod(OPERATOR_NAMESPACE,
                                                                       label_selector=OPERATOR_LABEL).items)
+
+
+def lease_holder(api: Any) -> str:
+    """The Pod whose operator holds the leader-election Lease ("" while nobody does): the identity in the
+    Lease is the Pod's name and a random suffix after the last "_" (controller/main.py)."""
+    import kubernetes
+
+    try:
+        lease = kubernetes.client.CoordinationV1Api(api).read_namespaced_lease(LEASE_NAME, OPERATOR_NAMESPACE)
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(lease.spec.holder_identity or "").rpartition("_")[0]
+
+
+def leader_pod(api: Any) -> Any:
+    """The operator Pod that holds the Lease (the one that reconciles and has the jobs' metrics)."""
+    holder = lease_holder(api)
+    (pod,) = [p for p in operator_pods(api) if p.metadata.name == holder]
+    return pod
 
 
 @pytest.fixture
@@ -622,16 +644,16 @@ async def test_operator_restart_mid_run_creates_no_second_job(api: Any, namespac
                                                               request: pytest.FixtureRequest) -> None:
     seed.push_image(registries.source, "restart/app", "1", seed="restart")
     cluster.credentials_for(registries)
-    if INSTALLED:  # as a node drain or a crash would: the Deployment replaces the deleted operator Pod
+    if INSTALLED:  # as a crash of every replica would: the Deployment replaces the deleted operator Pods
         request.getfixturevalue("installed_operator")
         cluster.create("imagesyncjobs", "restart", {"images": {
             f"{registries.source_host}/restart/app:1": f"{registries.target_host}/restart/app"}})
         await cluster.wait("a Job", lambda: cluster.jobs("restart"), timeout=60)
-        (old,) = [p.metadata.name for p in operator_pods(api)]
-        cluster.core.delete_namespaced_pod(old, OPERATOR_NAMESPACE, grace_period_seconds=0)
-        await cluster.wait("a new operator Pod ready", lambda: [
-            p for p in operator_pods(api) if p.metadata.name != old and any(
-                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])], timeout=180)
+        old = {p.metadata.name for p in operator_pods(api)}
+        for name in old:
+            cluster.core.delete_namespaced_pod(name, OPERATOR_NAMESPACE, grace_period_seconds=0)
+        await cluster.wait("a new operator Pod leading", lambda: lease_holder(api) and lease_holder(api) not in old,
+                           timeout=180)
         status = await cluster.finished("restart")
         assert status["phase"] == "Succeeded", status
         assert [j.metadata.name for j in cluster.jobs("restart")] == ["restart-r1"]
@@ -644,6 +666,46 @@ async def test_operator_restart_mid_run_creates_no_second_job(api: Any, namespac
         status = await cluster.finished("restart")
     assert status["phase"] == "Succeeded", status
     assert [j.metadata.name for j in cluster.jobs("restart")] == ["restart-r1"]
+
+
+async def test_leader_pod_deleted_mid_run_the_standby_takes_over_with_one_job(api: Any, cluster: Cluster,
+                                                                              registries: Registries,
+                                                                              request: pytest.FixtureRequest) -> None:
+    """deploy/'s two replicas: the leader's Pod is deleted mid-run at once (no grace: as when its node
+    goes, it may not release the Lease); the other replica takes the Lease over within about the lease
+    duration (15 s) plus a retry (2 s), creates no second Job and folds the run to its end."""
+    if not INSTALLED:
+        pytest.skip("needs the installed Deployment's two replicas (IMAGESYNC_E2E_OPERATOR_IMAGE)")
+    request.getfixturevalue("installed_operator")
+    await cluster.wait("both replicas ready", lambda: len([p for p in operator_pods(api) if any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]) == 2, timeout=180)
+    await cluster.wait("a leader", lambda: lease_holder(api), timeout=60)
+    seed.push_image(registries.source, "takeover/app", "1", seed="takeover")
+    cluster.credentials_for(registries)
+    cluster.create("imagesyncjobs", "takeover", {"images": {
+        f"{registries.source_host}/takeover/app:1": f"{registries.target_host}/takeover/app"}})
+    await cluster.wait("a Job", lambda: cluster.jobs("takeover"), timeout=60)
+
+    leader = lease_holder(api)
+
+    def taken_over() -> str | None:
+        holder = lease_holder(api)
+        return holder if holder and holder != leader else None
+
+    cluster.core.delete_namespaced_pod(leader, OPERATOR_NAMESPACE, grace_period_seconds=0)
+    deleted = time.monotonic()
+    # A limit, not a measurement: 15 s lease + 2 s retry (and its jitter) + API round trips, with room.
+    new_leader = await cluster.wait("another replica holding the Lease", taken_over, timeout=45)
+    took = time.monotonic() - deleted
+    print(f"takeover: {leader} -> {new_leader} in {took:.1f}s")
+    status = await cluster.finished("takeover")
+    assert status["phase"] == "Succeeded", status
+    assert [j.metadata.name for j in cluster.jobs("takeover")] == ["takeover-r1"]
+    assert status["run"] == 1
+    # The new leader is one of the Deployment's Pods, and the Deployment is back to two.
+    await cluster.wait("two replicas again", lambda: len([p for p in operator_pods(api) if any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]) == 2, timeout=180)
+    assert lease_holder(api) in {p.metadata.name for p in operator_pods(api)}
 
 
 @pytest.mark.usefixtures("operator")
@@ -928,7 +990,7 @@ async def test_pods_run_confined_under_the_container_runtime(api: Any, cluster: 
              "    open('/probe', 'w')\n"
              "except OSError as exc:\n"
              "    print('write', errno.errorcode[exc.errno])\n")
-    (pod,) = [p.metadata.name for p in operator_pods(api)]
+    pod = leader_pod(api).metadata.name
     seen = dict(line.split(" ", 1) for line in kubectl(
         "-n", OPERATOR_NAMESPACE, "exec", pod, "--", "python3", "-c", probe).splitlines())
     assert seen == {"ids": "65532 65532 [65532]", "CapEff": "0000000000000000", "CapPrm": "0000000000000000",
@@ -952,13 +1014,15 @@ async def test_pods_run_confined_under_the_container_runtime(api: Any, cluster: 
     assert terminated.exit_code == 0, terminated
 
     # The operator's own endpoints, from its pod address as Prometheus and the kubelet reach them: the
-    # probes' health endpoint, and the run above in its metrics. The probes kept it running.
+    # probes' health endpoint (the standby's too: it is live and ready while it waits), and the run above
+    # in the leader's metrics. The probes kept it running.
     import httpx
 
-    (operator_pod,) = operator_pods(api)
+    for replica in operator_pods(api):
+        assert httpx.get(f"http://{replica.status.pod_ip}:8081/healthz", timeout=10).status_code == 200
+    operator_pod = leader_pod(api)
     assert operator_pod.status.container_statuses[0].restart_count == 0
     address = operator_pod.status.pod_ip
-    assert httpx.get(f"http://{address}:8081/healthz", timeout=10).status_code == 200
     metrics = httpx.get(f"http://{address}:8080/metrics", timeout=10).text
     labels = f'name="confined",namespace="{cluster.namespace}"'
     assert f'imagesync_job_status_phase{{{labels},phase="Succeeded"}} 1.0' in metrics
@@ -968,9 +1032,9 @@ async def test_pods_run_confined_under_the_container_runtime(api: Any, cluster: 
 # -- least privilege, measured: last in this file, so it sees every call the runs above made ----------
 
 
-def granted(documents: list[dict[str, Any]], kind: str) -> set[tuple[str, str, str]]:
+def granted(documents: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str, str]]:
     """(apiGroup, resource[/subresource], verb) triples a Role or ClusterRole of deploy/ grants."""
-    (role,) = [d for d in documents if d["kind"] == kind]
+    (role,) = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
     return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
 
@@ -1001,14 +1065,16 @@ def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: 
     # watch (the played-kubelet stage's operator is; the installed one watches all); it reads its own Pod
     # only when it runs in one (installed).
     elsewhere = {("", "configmaps", "get")}
+    # The Lease only when it runs as the Deployment (leader election is off for the in-process operator).
+    election = granted(deploy, "Role", "imagesync-operator-leader-election")
     if INSTALLED:
         elsewhere |= {("", "namespaces", "list"), ("", "namespaces", "watch")}
     else:
-        elsewhere.add(("", "pods", "get"))
+        elsewhere |= {("", "pods", "get")} | election
     assert calls[operator] and calls[worker], "the runs above made calls as both accounts"
     assert not refused, refused
-    for user, kind in ((operator, "ClusterRole"), (worker, "Role")):
-        grants = granted(deploy, kind)
+    for user, kind, grants in ((operator, "ClusterRole", granted(deploy, "ClusterRole", "imagesync-operator")
+                                | election), (worker, "Role", granted(deploy, "Role", "imagesync-worker"))):
         assert calls[user] <= grants, f"{user} made calls its {kind} does not grant: {calls[user] - grants}"
         unused = grants - calls[user] - elsewhere
         assert not unused, f"{kind} grants {user} more than it used: {sorted(unused)}"
