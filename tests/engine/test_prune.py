@@ -160,6 +160,10 @@ def test_prune_lists_then_confirmed_deletes_in_scope_only_and_keeps_the_shared_d
             "kept": [{"tag": "c", "digest": world.a.digest, "reason": "digest shared with kept tag a"}],
         }],
     }
+    # --dry-run --prune: the plan carries the same report; still nothing deleted.
+    code, plan = run_sync(tmp_path, world.images, auth_for(registry, registry2), "--dry-run", "--prune", name="plan")
+    assert code == 0 and plan["dryRun"] is True and plan["prune"] == result["prune"], plan
+    assert world.deletes(mark) == []
 
     mark = registry2.log_mark()
     code, result = run_sync(tmp_path, world.images, auth_for(registry, registry2), "--prune", "--prune-confirm",
@@ -239,7 +243,7 @@ def test_a_namespace_rule_prunes_the_repositories_its_catalog_lists(
 
 @pytest.mark.parametrize("flags, message", [
     (["--prune-confirm"], "--prune-confirm confirms --prune"),
-    (["--prune", "--dry-run"], "--dry-run does not evaluate pruning"),
+    (["--prune", "--prune-confirm", "--dry-run"], "--dry-run deletes nothing"),
 ])
 def test_flag_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                     message: str) -> None:

@@ -298,9 +298,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.prune_confirm and not args.prune:
         raise ConfigError("--prune-confirm confirms --prune: give both to delete (--prune alone lists what would "
                           "be deleted)")
-    if args.prune and args.dry_run:
-        raise ConfigError("--dry-run does not evaluate pruning: drop --prune there (--prune without "
-                          "--prune-confirm lists what would be pruned and deletes nothing)")
+    if args.prune_confirm and args.dry_run:
+        raise ConfigError("--dry-run deletes nothing: drop --prune-confirm (--dry-run --prune lists what pruning "
+                          "would delete)")
     try:
         if args.registry:
             check_registry_host(args.registry)
@@ -394,7 +394,7 @@ async def _dry_run(args: argparse.Namespace, rules: Sequence[Rule], rule_errors:
         except OSError as exc:
             raise ConfigError(f"--result-file {args.result_file}: cannot write: {exc.strerror or exc}") from None
     print(json.dumps(document, indent=2) if args.output == "json" else plan_text(plan))
-    return EXIT_IMAGES_FAILED if plan.count("failed") else EXIT_OK
+    return EXIT_IMAGES_FAILED if plan.count("failed") or (plan.prune and plan.prune.count("errors")) else EXIT_OK
 
 
 def report_error(error: ImageSyncError, log_file: str | None) -> None:

@@ -279,4 +279,6 @@ def plan_text(plan: Plan) -> str:
     lines.append(f"To copy: {len(plan.missing)} blobs, {human_bytes(plan.bytes_to_copy)} "
                  f"({'exact' if plan.exact else 'estimate'}; nothing was copied)")
     lines.extend(f"Note: {note}" for note in plan.notes)
+    if plan.prune is not None:
+        lines.extend(plan.prune.lines())
     return "\n".join(lines)

@@ -377,9 +377,11 @@ class Syncer:
             log.warning("failed %s -> %s: %s", pair.source, pair.target, reason)
             return False
 
-    async def prune(self, pairs: Sequence[ImagePair]) -> None:
-        """After the copy: prune the rules' targets (engine/pruner.py) into the stats, within the deadline."""
-        pruner = Pruner(self.registries.client_for, confirmed=self.options.prune == "delete")
+    async def prune(self, pairs: Sequence[ImagePair], *, confirmed: bool | None = None) -> None:
+        """After the copy: prune the rules' targets (engine/pruner.py) into the stats, within the deadline.
+        ``confirmed``: False for a dry run's report whatever the options say (None: as --prune-confirm says)."""
+        delete = self.options.prune == "delete" if confirmed is None else confirmed
+        pruner = Pruner(self.registries.client_for, confirmed=delete)
         try:
             async with asyncio.timeout_at(self.deadline_at):
                 self.stats.prune = await pruner.prune(self.planned, pairs, self.unplanned, self.malformed_rules)

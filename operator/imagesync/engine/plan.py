@@ -30,6 +30,7 @@ from imagesync.engine.config import AuthTable
 from imagesync.engine.copy import REASON_MAX_CHARS, Registries, Syncer, SyncOptions, ToCopy, TransportFactory
 from imagesync.engine.errors import ImageSyncError, RuleError, clip
 from imagesync.engine.manifest import Descriptor, Manifest
+from imagesync.engine.prune import PruneReport
 from imagesync.engine.reference import Repository
 from imagesync.engine.registry import RegistryClient
 from imagesync.engine.rules import ImagePair, Rule, shard
@@ -70,6 +71,7 @@ class Plan:
     missing: dict[tuple[str, str], int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
+    prune: PruneReport | None = None  # with --prune: what pruning would delete (never deleted in a dry run)
 
     def count(self, state: PairState) -> int:
         return sum(1 for entry in self.entries if entry.state == state)
@@ -90,7 +92,10 @@ class Plan:
     def as_dict(self, limit: int | None = None) -> dict[str, Any]:
         """Totals, notes and the pairs (the first ``limit`` of them; ``pairs`` is the full count)."""
         entries = self.entries if limit is None else self.entries[:limit]
-        return {**self.totals(), "notes": list(self.notes), "entries": [entry.as_dict() for entry in entries]}
+        data = {**self.totals(), "notes": list(self.notes), "entries": [entry.as_dict() for entry in entries]}
+        if self.prune is not None:
+            data["prune"] = self.prune.as_dict()
+        return data
 
 
 class Planner:
@@ -210,11 +215,15 @@ async def dry_run(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth:
     if options.deadline is not None:
         syncer.deadline_at = asyncio.get_running_loop().time() + options.deadline
     try:
-        pairs, failures = await syncer.plan(rules, rule_errors)
+        planned_pairs, failures = await syncer.plan(rules, rule_errors)
+        pairs = planned_pairs
         if shard_count > 1:
             pairs = shard(pairs, shard_index, shard_count)
             failures = failures if shard_index == 0 else []
         plan = await Planner(syncer).plan(pairs, failures)
+        if options.prune is not None and shard_index == 0:  # listed, never deleted, whatever options.prune says
+            await syncer.prune(planned_pairs, confirmed=False)
+            plan.prune = syncer.stats.prune
     finally:
         await registries.aclose()
     plan.duration_seconds = round(time.monotonic() - started, 3)
