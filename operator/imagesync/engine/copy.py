@@ -304,6 +304,19 @@ class Syncer:
                     pairs.append(pair)
         return pairs, failures
 
+    async def plan_shard(self, rules: Sequence[Rule], rule_errors: Sequence[RuleError], shard_index: int = 0,
+                         shard_count: int = 1) -> tuple[list[ImagePair], list[ImagePair], list[ImageOutcome]]:
+        """Start the --deadline clock, plan, and take this shard's share: (every pair, this shard's pairs, the
+        planning failures it reports). With several shards every worker plans the same pairs; rules that could
+        not be planned are reported by shard 0 alone, so the folded status counts each failure once. The copy
+        (:func:`sync`) and the dry run (engine/plan.py) both start here."""
+        if self.options.deadline is not None:
+            self.deadline_at = asyncio.get_running_loop().time() + self.options.deadline
+        every, failures = await self.plan(rules, rule_errors)
+        if shard_count <= 1:
+            return every, every, failures
+        return every, shard(every, shard_index, shard_count), failures if shard_index == 0 else []
+
     # -- running -------------------------------------------------------------------------------
 
     async def run(self, pairs: Sequence[ImagePair], planning_failures: Sequence[ImageOutcome] = ()) -> SyncStats:
@@ -602,21 +615,12 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
                options: SyncOptions, stats: SyncStats | None = None, *,
                shard_index: int = 0, shard_count: int = 1,
                transport_factory: TransportFactory | None = None) -> SyncStats:
-    """Plan and run a whole sync; the one entry point the CLI and the worker call.
-
-    With several shards every worker plans the same pairs and takes its share of them; rules that could
-    not be planned are reported by shard 0 alone, so the folded status counts each failure once.
-    """
+    """Plan and run a whole sync (this shard's share: :meth:`Syncer.plan_shard`); the one entry point the CLI
+    and the worker call."""
     registries = Registries(auth, options, transport_factory)
     syncer = Syncer(registries, options, stats)
-    if options.deadline is not None:
-        syncer.deadline_at = asyncio.get_running_loop().time() + options.deadline
     try:
-        planned_pairs, failures = await syncer.plan(rules, rule_errors)
-        pairs = planned_pairs
-        if shard_count > 1:
-            pairs = shard(pairs, shard_index, shard_count)
-            failures = failures if shard_index == 0 else []
+        planned_pairs, pairs, failures = await syncer.plan_shard(rules, rule_errors, shard_index, shard_count)
         stats = await syncer.run(pairs, failures)
         if options.prune is not None and shard_index == 0:  # one worker prunes, knowing every shard's pairs
             await syncer.prune(planned_pairs)

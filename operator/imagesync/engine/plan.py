@@ -33,7 +33,7 @@ from imagesync.engine.manifest import Descriptor, Manifest
 from imagesync.engine.prune import PruneReport
 from imagesync.engine.reference import Repository
 from imagesync.engine.registry import RegistryClient
-from imagesync.engine.rules import ImagePair, Rule, shard
+from imagesync.engine.rules import ImagePair, Rule
 from imagesync.engine.stats import ImageOutcome
 
 PairState = Literal["up-to-date", "copy", "skipped", "failed"]
@@ -212,14 +212,8 @@ async def dry_run(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth:
     started = time.monotonic()
     registries = Registries(auth, options, transport_factory)
     syncer = Syncer(registries, options)
-    if options.deadline is not None:
-        syncer.deadline_at = asyncio.get_running_loop().time() + options.deadline
     try:
-        planned_pairs, failures = await syncer.plan(rules, rule_errors)
-        pairs = planned_pairs
-        if shard_count > 1:
-            pairs = shard(pairs, shard_index, shard_count)
-            failures = failures if shard_index == 0 else []
+        planned_pairs, pairs, failures = await syncer.plan_shard(rules, rule_errors, shard_index, shard_count)
         plan = await Planner(syncer).plan(pairs, failures)
         if options.prune is not None and shard_index == 0:  # listed, never deleted, whatever options.prune says
             await syncer.prune(planned_pairs, confirmed=False)
