@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from testbed import checker, seed
-from testbed.net import LOOPBACK
+from testbed.net import LOOPBACK, ThreadedServer
 from testbed.registry import RegistryProcess, registry_binary
 from testbed.system import require_system_part
 
@@ -86,68 +86,29 @@ class HoldingProxy:
         self.reached = threading.Event()
         self._hold: Hold | None = None
         self._seen = 0
-        self._loop = asyncio.new_event_loop()
-        self._release: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="holding-proxy")
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("proxy did not start")
+        self._release = asyncio.Event()
+        self._server = ThreadedServer(self._handle, "holding-proxy")
+        self.port = self._server.start()
 
     @property
     def host(self) -> str:
         return f"{LOOPBACK}:{self.port}"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def serve() -> None:
-            self._release = asyncio.Event()
-            server = await asyncio.start_server(self._handle, LOOPBACK, 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._started.set()
-            await server.serve_forever()
-
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(serve())
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
 
     def arm(self, hold: Hold | None) -> None:
         """Hold the next request ``hold`` matches (None: forward everything)."""
         def reset() -> None:
             self._hold, self._seen = hold, 0
             self.reached.clear()
-            assert self._release is not None
             self._release = asyncio.Event()
-        self._call(reset)
+        self._server.call(reset)
 
     def release(self) -> None:
         """Drop the held exchange (both connections are reset, as a dead process's kernel would)."""
-        def release() -> None:
-            assert self._release is not None
-            self._release.set()
-        self._call(release)
-
-    def _call(self, function: Callable[[], None]) -> None:
-        done = threading.Event()
-
-        def run() -> None:
-            function()
-            done.set()
-        self._loop.call_soon_threadsafe(run)
-        done.wait(5)
+        self._server.call(self._release.set)
 
     def close(self) -> None:
         """Stop serving: every connection still open is reset."""
-        def cancel_all() -> None:
-            for task in asyncio.all_tasks():
-                task.cancel()
-        self._loop.call_soon_threadsafe(cancel_all)
-        self._thread.join(10)
+        self._server.stop()
         self._api.close()
 
     def _matches(self, method: str, target: str, headers: dict[str, str]) -> Hold | None:
@@ -163,7 +124,6 @@ class HoldingProxy:
 
     async def _held(self) -> None:
         self.reached.set()
-        assert self._release is not None
         await self._release.wait()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

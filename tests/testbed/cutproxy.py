@@ -19,13 +19,11 @@ line and headers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from testbed.net import LOOPBACK
+from testbed.net import LOOPBACK, ThreadedServer
 
 PIECE = 256 * 1024
 
@@ -92,43 +90,18 @@ class CutProxy:
         self.cuts_down = 0
         self.requests: list[Request] = []
         self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="cut-proxy")
+        self._server = ThreadedServer(self._handle, "cut-proxy", limit=1024 * 1024)
 
     @property
     def host(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 
     def __enter__(self) -> CutProxy:
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("cut proxy did not start")
+        self.port = self._server.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        def cancel_all() -> None:
-            for task in asyncio.all_tasks():
-                task.cancel()
-        self._loop.call_soon_threadsafe(cancel_all)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def serve() -> None:
-            server = await asyncio.start_server(self._handle, LOOPBACK, 0, limit=1024 * 1024)
-            self.port = server.sockets[0].getsockname()[1]
-            self._started.set()
-            await server.serve_forever()
-
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(serve())
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
+        self._server.stop()
 
     # -- counting and cutting ------------------------------------------------------------------------
 

@@ -388,6 +388,8 @@ async def _dry_run(args: argparse.Namespace, rules: Sequence[Rule], rule_errors:
     --result-file). Exit 0 when every pair was planned, even if copies are needed; 1 when some could not be."""
     plan = await dry_run(rules, rule_errors, auth, options)
     document = {"dryRun": True, **plan.as_dict(), "durationSeconds": plan.duration_seconds}
+    if plan.prune is not None:
+        document["prune"] = plan.prune.as_dict()
     if args.result_file:
         try:
             Path(args.result_file).write_text(json.dumps(document, indent=2) + "\n")

@@ -184,7 +184,7 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
         "phase": "Pending", "run": run, "runGeneration": generation, "observedGeneration": generation,
         "jobName": job["metadata"]["name"], "secretName": secret["metadata"]["name"],
         "credentials": document.used,
-        "startTime": now_iso(), "completionTime": None, "pendingGeneration": None, "plan": None,
+        "startTime": now_iso(), "completionTime": None, "pendingGeneration": None, "plan": None, "prune": None,
         "progress": dict(ZERO_PROGRESS), "failedImages": [], "failedImagesTotal": 0, "shards": [],
         "syncedSummary": "0/?", "progressSummary": "-", "conditions": conditions,
     }

@@ -66,6 +66,8 @@ def worker_options(spec: JobSpec) -> dict[str, Any]:
         options["dryRun"] = True
     if spec.bandwidth:
         options["limitRate"] = spec.bandwidth
+    if spec.prune.enabled:
+        options["prune"] = "dry-run" if spec.prune.dry_run else "delete"
     referrers = spec.referrers
     options["referrers"] = {"enabled": referrers.enabled, "includeTypes": list(referrers.include_types),
                             "excludeTypes": list(referrers.exclude_types), "optional": referrers.optional}

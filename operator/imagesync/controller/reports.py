@@ -50,6 +50,9 @@ MAX_PLAN_ENTRIES = 20  # pairs a dry run's plan lists (its counts cover them all
 MAX_PLAN_NOTES = 8
 PLAN_STATES = ("up-to-date", "copy", "skipped", "failed")
 PLAN_COUNT_KEYS = ("pairs", "upToDate", "toCopy", "skipped", "failed", "blobsToCopy")
+MAX_PRUNE_ENTRIES = 10  # tags a prune report lists (spec.prune; its counts cover them all)
+PRUNE_ACTIONS = ("deleted", "wouldDelete", "kept", "error")
+PRUNE_COUNT_KEYS = ("deleted", "wouldDelete", "kept", "errors")
 
 COUNT_KEYS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
               "blobsSkipped", "failedImagesTotal", "referrersCopied", "referrersSkipped", "referrersFailed")
@@ -97,6 +100,7 @@ class ShardReport:
     registry_quotas: tuple[RegistryQuota, ...] = ()
     dropped: tuple[str, ...] = field(default=(), compare=False)  # what was clipped or dropped, for the log
     plan: Mapping[str, Any] | None = None  # a dry run's plan (spec.dryRun), validated by _plan
+    prune: Mapping[str, Any] | None = None  # what spec.prune deleted or would delete, validated by _prune
 
     def as_dict(self) -> dict[str, Any]:
         """The shape :func:`imagesync.controller.status.fold_progress` folds (the worker's, known keys only)."""
@@ -108,6 +112,7 @@ class ShardReport:
             "loginsAccepted": list(self.logins_accepted), "loginsRejected": list(self.logins_rejected),
             "registryQuotas": [quota.as_dict() for quota in self.registry_quotas],
             **({"plan": dict(self.plan)} if self.plan is not None else {}),
+            **({"prune": dict(self.prune)} if self.prune is not None else {}),
         }
 
 
@@ -260,6 +265,32 @@ def _plan(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
     return plan
 
 
+def _prune(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
+    """``prune`` (spec.prune): counts as the report's, ``dryRun`` a bool, at most MAX_PRUNE_ENTRIES entries of
+    {repository, tag, action (one of PRUNE_ACTIONS), reason}, text clipped."""
+    value = data.get("prune")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ReportError(f"prune is not an object: {_show(value)}")
+    prune: dict[str, Any] = {key: _count(value, key) for key in PRUNE_COUNT_KEYS}
+    if not isinstance(dry_run := value.get("dryRun", True), bool):
+        raise ReportError(f"prune dryRun is not a boolean: {_show(dry_run)}")
+    prune["dryRun"] = dry_run
+    entries = []
+    for item in _list(value, "entries", MAX_PRUNE_ENTRIES, dropped):
+        if not isinstance(item, dict) or item.get("action") not in PRUNE_ACTIONS:
+            raise ReportError(f"a prune entry is not an object with an action of {', '.join(PRUNE_ACTIONS)}: "
+                              f"{_show(item)}")
+        entry = {"repository": _string(item.get("repository", ""), "prune repository", MAX_REF, dropped),
+                 "tag": _string(item.get("tag", ""), "prune tag", MAX_REF, dropped), "action": item["action"]}
+        if item.get("reason"):
+            entry["reason"] = _string(item["reason"], "prune reason", MAX_REASON, dropped)
+        entries.append(entry)
+    prune["entries"] = entries
+    return prune
+
+
 def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | None = None) -> ShardReport:
     """The validated report in an annotation; :class:`ReportError` when it must be ignored.
 
@@ -299,7 +330,7 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
     return ShardReport(counts, bytes_copied, rate, done, tuple(failed),
                        _logins(data, "loginsAccepted", registries, dropped),
                        _logins(data, "loginsRejected", registries, dropped), _quotas(data, dropped),
-                       tuple(dropped), plan=plan)
+                       tuple(dropped), plan=plan, prune=_prune(data, dropped))
 
 
 # -- which pods and jobs count --------------------------------------------------------------------

@@ -65,6 +65,15 @@ class ReferrersSpec:
 
 
 @dataclass(frozen=True)
+class PruneSpec:
+    """spec.prune: delete target tags the source no longer has (engine/prune.py says which). Off by default;
+    on, every run only lists them (status.prune) until dryRun is set to false: the confirmation."""
+
+    enabled: bool = False
+    dry_run: bool = True
+
+
+@dataclass(frozen=True)
 class JobSpec:
     images: Mapping[str, object]
     default_registry: str | None = None
@@ -85,6 +94,7 @@ class JobSpec:
     worker: WorkerSpec = field(default_factory=WorkerSpec)
     referrers: ReferrersSpec = field(default_factory=ReferrersSpec)
     bandwidth: float | None = None  # bytes/second per registry and worker pod (spec.bandwidth), None: unlimited
+    prune: PruneSpec = field(default_factory=PruneSpec)
 
 
 def _int(spec: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -165,6 +175,7 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         worker=_worker(spec.get("worker")),
         referrers=_referrers(spec.get("referrers")),
         bandwidth=_bandwidth(spec.get("bandwidth")),
+        prune=_prune(spec.get("prune")),
     )
 
 
@@ -190,6 +201,22 @@ def _referrers(value: Any) -> ReferrersSpec:
                                                          f"pattern (e.g. application/vnd.dev.cosign.*)")
     return ReferrersSpec(enabled=flags["enabled"], include_types=types["includeTypes"],
                          exclude_types=types["excludeTypes"], optional=flags["optional"])
+
+
+def _prune(value: Any) -> PruneSpec:
+    if value is None:
+        return PruneSpec()
+    if not isinstance(value, Mapping):
+        raise SpecError("spec.prune", "must be an object (enabled, dryRun)")
+    unknown = sorted(str(key) for key in value if key not in ("enabled", "dryRun"))
+    if unknown:
+        raise SpecError("spec.prune", f"unknown key(s) {clip(', '.join(unknown), 80)} (known: enabled, dryRun)")
+    flags = {}
+    for key, default in (("enabled", False), ("dryRun", True)):
+        flags[key] = value.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise SpecError(f"spec.prune.{key}", f"must be true or false, got {clip(repr(flags[key]), 60)}")
+    return PruneSpec(enabled=flags["enabled"], dry_run=flags["dryRun"])
 
 
 def _bandwidth(value: Any) -> float | None:

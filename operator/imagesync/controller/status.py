@@ -74,6 +74,8 @@ def fold_quotas(reports: Mapping[int, Report | None]) -> list[dict[str, Any]]:
 PLAN_ENTRIES_CAP = 20  # pairs listed in status.plan.entries (status.plan.pairs has the count)
 PLAN_COUNTS = ("pairs", "upToDate", "toCopy", "skipped", "failed", "bytesToCopy", "blobsToCopy")
 _PLAN_NOTES_CAP = 8
+PRUNE_ENTRIES_CAP = 10  # tags listed in status.prune.entries (its counts cover them all)
+PRUNE_COUNTS = ("deleted", "wouldDelete", "kept", "errors")
 
 
 def fold_plan(reports: Mapping[int, Report | None], shards: int) -> dict[str, Any]:
@@ -100,6 +102,22 @@ def fold_plan(reports: Mapping[int, Report | None], shards: int) -> dict[str, An
                 entries.append(row)
     folded["entries"] = entries
     return {"plan": folded}
+
+
+def fold_prune(reports: Mapping[int, Report | None], shards: int) -> dict[str, Any]:
+    """``{"prune": ...}``, status.prune (spec.prune): what was deleted, or would be, kept and why, and errors, as
+    the shard that pruned (shard 0) reported it; counts summed, the first PRUNE_ENTRIES_CAP entries. Empty when
+    no shard reported one (a run's start removes an earlier run's)."""
+    prunes = [prune for index in range(shards)
+              if isinstance(prune := (reports.get(index) or {}).get("prune"), Mapping)]
+    if not prunes:
+        return {}
+    folded: dict[str, Any] = {key: sum(_int(prune, key) for prune in prunes) for key in PRUNE_COUNTS}
+    folded["dryRun"] = all(prune.get("dryRun") is not False for prune in prunes)
+    entries = [entry for prune in prunes for entry in prune.get("entries") or [] if isinstance(entry, Mapping)]
+    folded["entries"] = [{k: str(entry[k])[:_TEXT_CAP] for k in ("repository", "tag", "action", "reason")
+                          if k in entry} for entry in entries[:PRUNE_ENTRIES_CAP]]
+    return {"prune": folded}
 
 
 def plan_message(plan: Mapping[str, Any]) -> str:
@@ -167,6 +185,7 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
         "progressSummary": f"{percent:.0f}%" if all_reported else "-",
         "registryQuotas": fold_quotas(reports),
         **fold_plan(reports, shards),
+        **fold_prune(reports, shards),
     }
 
 

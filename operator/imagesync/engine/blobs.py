@@ -9,13 +9,14 @@ Two halves, both keeping memory bounded and the sha256 of the whole blob verifie
   corrupted blob never completes an upload. The feed can also :meth:`~SourceFeed.rewind` to an earlier offset
   (an upload the target must resume from there): it reopens the source at the nearest hash checkpoint (one every
   chunk) and hashes its way forward.
-- :func:`copy_blob` uploads it. Blobs up to ``MONOLITHIC_MAX`` go in one ``PUT ?digest=``; bigger ones in one
-  streamed ``PATCH`` and a commit ``PUT``, or, once a registry announced ``OCI-Chunk-Min-Length`` or a streamed
-  upload to it broke or was refused, in ``PATCH`` chunks of at most ``max(OCI-Chunk-Min-Length, 8 MiB)`` held in
-  memory. After a broken or refused ``PATCH`` the upload session is asked where it stands (``GET`` on its
-  location: ``204`` with ``Range: 0-<last byte>``) and the upload goes on from there: from the chunk still in
-  memory, or from the source reopened at that offset. A registry that dropped the session (docker-registry 2.8
-  does, as soon as a ``PATCH`` body was cut: see docs/guarantees.md) gets a new session, from byte 0.
+- :func:`copy_blob` uploads it. Blobs up to ``MONOLITHIC_MAX`` are read (and verified) whole, then go in one
+  ``PUT ?digest=``; bigger ones in one streamed ``PATCH`` and a commit ``PUT``, or, once a registry announced
+  ``OCI-Chunk-Min-Length`` or a streamed upload to it broke or was refused, in ``PATCH`` chunks of
+  ``max(OCI-Chunk-Min-Length, 8 MiB)`` held in memory. After a broken or refused ``PATCH`` the upload session is
+  asked where it stands (``GET`` on its location: ``204`` with ``Range: 0-<last byte>``) and the upload goes on
+  from there: from the chunk still in memory, or from the source reopened at that offset. A registry that dropped
+  the session (docker-registry 2.8 does, as soon as part of a ``PATCH`` body reached it: see docs/guarantees.md)
+  gets a new session, from byte 0.
 
 Registry quirks met on the way: a ``PATCH`` answered ``201`` (ECR), a ``Range`` of ``0-0`` for both an empty
 session and one holding one byte (distribution), a ``Content-Range`` the registry ignores and appends anyway
@@ -182,6 +183,8 @@ class SourceFeed:
         """Up to ``limit`` bytes from ``pos`` (b"" at the end). The bytes that complete the blob are handed out only
         once the whole blob's digest matched."""
         size = self.blob.size
+        if size == 0:
+            self._hash_forward(b"")  # nothing to read: the digest must still be the empty blob's
         while self.pos < size:
             piece = await self._next_piece()
             start = self._net
@@ -444,6 +447,14 @@ async def copy_blob(src: RegistryClient, src_repo: str, dst: RegistryClient, dst
     """Copy ``blob`` into the upload session at ``location``, verified, resuming broken reads and uploads."""
     async with SourceFeed(src, src_repo, blob, policy=policy, progress=progress) as feed:
         if blob.size <= MONOLITHIC_MAX:
-            await dst.upload_blob(dst_repo, location, blob.digest, blob.size, feed.stream())
+            # Read and verified whole before the PUT ?digest= starts (at most one chunk's worth in memory): a
+            # corrupted blob never reaches the target, not even as a body the registry would refuse.
+            pieces = [piece async for piece in feed.stream()]
+
+            async def body() -> AsyncIterator[bytes]:
+                for piece in pieces:
+                    yield piece
+
+            await dst.upload_blob(dst_repo, location, blob.digest, blob.size, body())
             return
         await _Upload(dst, dst_repo, blob, location, feed, policy).run()

@@ -92,10 +92,7 @@ class Plan:
     def as_dict(self, limit: int | None = None) -> dict[str, Any]:
         """Totals, notes and the pairs (the first ``limit`` of them; ``pairs`` is the full count)."""
         entries = self.entries if limit is None else self.entries[:limit]
-        data = {**self.totals(), "notes": list(self.notes), "entries": [entry.as_dict() for entry in entries]}
-        if self.prune is not None:
-            data["prune"] = self.prune.as_dict()
-        return data
+        return {**self.totals(), "notes": list(self.notes), "entries": [entry.as_dict() for entry in entries]}
 
 
 class Planner:

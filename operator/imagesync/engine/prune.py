@@ -37,6 +37,9 @@ from imagesync.engine.tagfilter import TagFilter, select_tags
 Method = Literal["tag", "digest", "keep"]
 # --prune alone reports ("dry-run"); --prune --prune-confirm deletes ("delete").
 PruneMode = Literal["dry-run", "delete"]
+# A worker's report (and status.prune) lists this many tags, each text clipped: the result file lists all.
+STATUS_ENTRIES = 10
+STATUS_TEXT = 300
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,27 @@ class PruneReport:
         if self.refused:
             data["error"] = self.refused
         return data
+
+    def status(self, limit: int = STATUS_ENTRIES) -> dict[str, object]:
+        """The shape a worker reports and status.prune shows: counts, and the first ``limit`` entries flat
+        (``{repository, tag, action: deleted | wouldDelete | kept | error, reason}``), text clipped."""
+        done = self.count("deleted")
+        entries: list[dict[str, str]] = []
+        if self.refused:
+            entries.append({"repository": "", "tag": "", "action": "error", "reason": self.refused})
+        for repo in self.repositories:
+            if repo.error:
+                entries.append({"repository": repo.repository, "tag": "", "action": "error", "reason": repo.error})
+            for action in repo.deleted:
+                entries.append({"repository": repo.repository, "tag": action.tag,
+                                "action": "deleted" if self.confirmed else "wouldDelete"})
+            for action in repo.kept:
+                entries.append({"repository": repo.repository, "tag": action.tag, "action": "kept",
+                                "reason": action.reason})
+        return {"dryRun": not self.confirmed, "deleted": done if self.confirmed else 0,
+                "wouldDelete": 0 if self.confirmed else done, "kept": self.count("kept"),
+                "errors": self.count("errors"),
+                "entries": [{key: value[:STATUS_TEXT] for key, value in entry.items()} for entry in entries[:limit]]}
 
     def lines(self) -> list[str]:
         """The summary's prune section: one line per repository."""

@@ -149,8 +149,8 @@ class SyncStats:
         }
         if self.quotas:  # only when a registry announced a quota
             data["registryQuotas"] = {host: dict(quota) for host, quota in self.quotas.items()}
-        if self.prune is not None:  # counts only; the result file lists every tag
-            data["prune"] = {key: value for key, value in self.prune.as_dict().items() if key != "repositories"}
+        if self.prune is not None:  # counts and the first tags (status.prune); the result file lists every tag
+            data["prune"] = self.prune.status()
         return data
 
     def result(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.errors import ConfigError, ImageSyncError, RuleError
 from imagesync.engine.manifest import PlatformFilter
 from imagesync.engine.plan import dry_run
+from imagesync.engine.prune import PruneMode
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
 from imagesync.engine.stats import ImageOutcome, Outcome, SyncStats
@@ -74,11 +75,23 @@ def load_options(path: Path) -> WorkerOptions:
             referrers=_referrers(raw.get("referrers")),
             platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ()),
                                      tuple(raw.get("platforms") or ())),
+            prune=_prune(raw.get("prune")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid option value: {exc}") from exc
     return WorkerOptions(sync_options, raw.get("defaultRegistry") or None, raw.get("defaultNamespace") or None,
                          dry_run=raw.get("dryRun") is True)
+
+
+def _prune(value: Any) -> PruneMode | None:
+    """``prune``: "dry-run" (list) or "delete" (spec.prune.dryRun false); absent or null: no pruning."""
+    if value is None:
+        return None
+    if value == "dry-run":
+        return "dry-run"
+    if value == "delete":
+        return "delete"
+    raise ValueError(f'prune must be "dry-run" or "delete", got {value!r}')
 
 
 def _limit_rate(value: Any) -> float | None:
@@ -169,6 +182,7 @@ async def _plan_only(env: Mapping[str, str], rules: Sequence[Rule], rule_errors:
         reason = entry.reason if entry.state in ("failed", "skipped") else ""
         stats.record(ImageOutcome(entry.source, entry.target, outcome, reason))
     stats.images_total = len(plan.entries)
+    stats.prune = plan.prune  # spec.prune with spec.dryRun: listed, never deleted
     stats.finished = time.monotonic()
     final = dict(stats.snapshot(done=True), shard=shard_index, plan=bounded_plan(plan.as_dict(REPORT_PLAN_ENTRIES)))
     await reporter.report(final)
