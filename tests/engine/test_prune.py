@@ -29,6 +29,7 @@ from imagesync.engine.prune import (
     prune_candidates,
     prune_scope,
 )
+from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import parse_rules
 from imagesync.engine.stats import SyncStats
 from imagesync.engine.transport import Endpoint
@@ -302,16 +303,18 @@ class TagDeleteTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-async def prune_through(tmp_path: Path, world: Seeded, transport: TagDeleteTransport) -> SyncStats:
+async def prune_through(tmp_path: Path, source: RegistryProcess, target: RegistryProcess, images: dict[str, str],
+                        transport: TagDeleteTransport) -> SyncStats:
     auth_file = tmp_path / "auth.yaml"
-    auth_file.write_text(yaml.safe_dump(auth_for(world.source, world.target)))
-    rules, errors = parse_rules(world.images)
+    auth_file.write_text(yaml.safe_dump(auth_for(source, target)))
+    rules, errors = parse_rules(images)
     assert not errors
 
     def transports(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
         return transport
 
-    return await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(prune="delete"),
+    return await sync(rules, errors, load_auth(str(auth_file)),
+                      SyncOptions(prune="delete", referrers=ReferrerOptions(enabled=False)),
                       transport_factory=transports)
 
 
@@ -319,7 +322,7 @@ async def test_a_registry_that_untags_loses_the_shared_tag_alone(
         registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
     world = Seeded(registry, registry2)
     transport = TagDeleteTransport(untag=True)
-    stats = await prune_through(tmp_path, world, transport)
+    stats = await prune_through(tmp_path, registry, registry2, world.images, transport)
     assert stats.prune is not None
     report = stats.prune.as_dict()
     assert report["deleted"] == 2 and report["kept"] == 0 and report["errors"] == 0, report
@@ -333,14 +336,31 @@ async def test_a_tag_delete_that_takes_the_manifest_is_undone_for_the_kept_tag(
         registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
     world = Seeded(registry, registry2)
     transport = TagDeleteTransport(untag=False)
-    stats = await prune_through(tmp_path, world, transport)
+    stats = await prune_through(tmp_path, registry, registry2, world.images, transport)
     assert stats.prune is not None
     [entry] = stats.prune.repositories
     # b went by tag (its manifest was its own); c's delete took a's manifest too: a was put back, and the
     # registry is no longer trusted with tag deletes.
     assert [a.tag for a in entry.deleted] == ["b", "c"]
-    assert "put it back under kept tag(s) a" in entry.error
+    assert "put it back for a;" in entry.error
     assert transport.tag_deletes == ["b", "c"]
     assert world.tags("mirror/app") == {"a", "d"}
     assert seed.get_manifest(registry2, "mirror/app", "a")[2] == world.a.digest
     assert json.loads(json.dumps(stats.result()))["prune"]["errors"] == 1
+
+
+async def test_a_tag_delete_that_takes_a_kept_indexs_child_is_undone(
+        registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
+    """c names a child of the kept index idx; the registry's tag DELETE removes that child: it is put back."""
+    index = seed.push_index(registry, "lib/app", "idx", seed="idx")
+    assert seed.push_index(registry2, "mirror/app", "idx", seed="idx").digest == index.digest
+    child = index.children[0]
+    seed.push_manifest(registry2, "mirror/app", "c", child.manifest, child.media_type)
+    stats = await prune_through(tmp_path, registry, registry2,
+                                {f"{registry.host}/lib/app": f"{registry2.host}/mirror/app"},
+                                TagDeleteTransport(untag=False))
+    assert stats.prune is not None
+    [entry] = stats.prune.repositories
+    assert [a.tag for a in entry.deleted] == ["c"] and "put it back for kept index idx" in entry.error
+    assert seed.list_tags(registry2, "mirror/app") == ["idx"]
+    assert seed.manifest_exists(registry2, "mirror/app", child.digest)

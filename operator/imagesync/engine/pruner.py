@@ -147,7 +147,7 @@ class Pruner:
         for action in plan_by_untag(wanted):
             if self._untags.get(client.host) is False:
                 break
-            if await self._untag(client, repo, entry, action, kept):
+            if await self._untag(client, repo, entry, action, kept, children):
                 entry.deleted.append(action)
                 log.info("prune: deleted tag %s:%s", repo, action.tag)
                 del left[action.tag]
@@ -166,12 +166,13 @@ class Pruner:
         self._record(entry, actions)
 
     async def _untag(self, client: RegistryClient, repo: Repository, entry: RepositoryPrune, action: PruneAction,
-                     kept: dict[str, str | None]) -> bool:
+                     kept: dict[str, str | None], children: dict[str, str]) -> bool:
         """Untag one candidate: True when the tag is gone; False when the registry does not untag (remembered
-        as such)."""
+        as such). A manifest a kept tag shares or a kept index holds is checked still there afterwards."""
         holders = sorted(tag for tag, digest in kept.items() if digest is not None and digest == action.digest)
+        index = children.get(action.digest) if action.digest is not None else None
         saved: Manifest | None = None
-        if holders and action.digest is not None:  # read before, to put back if the registry deletes it all
+        if (holders or index) and action.digest is not None:  # read before, to put back if the registry deletes it
             saved = await client.get_manifest(repo.path, action.digest)
         answer = await client.delete_manifest(repo.path, action.tag)
         gone = answer is not None and await client.head_manifest(repo.path, action.tag) is None
@@ -180,13 +181,14 @@ class Pruner:
             return False
         self._untags[client.host] = True
         if saved is not None and await client.head_manifest(repo.path, saved.digest) is None:
-            # The registry deleted the manifest with the tag: the kept tags sharing it are put back.
-            for tag in holders:
-                await client.put_manifest(repo.path, tag, saved)
+            # The registry deleted the manifest with the tag: put back by digest (a kept index's child) and under
+            # the kept tags that shared it.
+            for reference in (saved.digest, *holders):
+                await client.put_manifest(repo.path, reference, saved)
             self._untags[client.host] = False
+            needed = ", ".join([*holders, *([f"kept index {index}"] if index else [])])
             entry.error = (f"deleting tag {action.tag} deleted its manifest {saved.digest} too (the registry does "
-                           f"not untag): put it back under kept tag(s) {', '.join(holders)}; tag deletes are no "
-                           f"longer used on {client.host}")
+                           f"not untag): put it back for {needed}; tag deletes are no longer used on {client.host}")
             log.error("prune %s: %s", repo, entry.error)
         return True
 
