@@ -1,10 +1,9 @@
 """Leader election (controller/leader.py) against the emulator's Lease, with its optimistic concurrency:
-two electors, one acts, the other takes over when the first stops renewing or releases; and two whole
-operators (controller/main.run) of which only the Lease holder reconciles.
+two electors, one acts, the other takes over when the first stops renewing or releases; and two
+`imagesync operator` processes of which only the Lease holder reconciles.
 
-The emulator serves from a thread of its own here, as an API server is a process of its own: kopf, when
-it stops, cancels every task of its event loop created after it started, and two operators in one loop
-would otherwise cut each other's requests off at the server. The test reads objects over HTTP.
+The emulator serves from a thread of its own here, as an API server is a process of its own, and the test
+reads objects over HTTP.
 
 Short timings (a 2 s lease) keep the module fast; the bounds checked are the election's own: nobody
 takes an unexpired Lease over, and waits are limits, never measurements."""
@@ -13,30 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import kmock
 import kubernetes
 import pytest
-from kube.conftest import Cluster, emulator_registry
+import yaml
+from kube.conftest import Cluster
 from kube.emulator import Emulator
 from kube.objects import NAMESPACE, isj
+from kube.test_metrics_flow import free_port
 
-from imagesync.controller.handlers import Context
-from imagesync.controller.kube import Kube
 from imagesync.controller.leader import Elector, KubeLeases, LeadershipLost, LeaseRecord
-from imagesync.controller.main import run
-from imagesync.controller.settings import LeaseTimings, OperatorSettings
+from imagesync.controller.settings import LeaseTimings
 
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/imagesync-operator"
 FAST = LeaseTimings(lease_duration=2, renew_deadline=1.2, retry_period=0.2)
-# Two whole operators share the loop and the CPU: more room for a renewal, and a release hands over anyway.
-ROOMY = LeaseTimings(lease_duration=5, renew_deadline=3, retry_period=0.3)
 LIMIT = 15.0  # seconds any awaited step may take before the test fails (far above what it needs)
 
 
@@ -209,73 +208,93 @@ async def test_a_stale_write_gets_409_and_changes_nothing(cluster: Cluster, api:
     assert (await lease(cluster))["holderIdentity"] == next(c.identity for c in candidates if c.leading)
 
 
-@dataclass
-class Replica:
-    elector: Elector
-    task: asyncio.Task[None]
-    stop: asyncio.Event
-    ready: asyncio.Event
+async def test_two_operator_processes_one_leads_a_taken_lease_exits_1_and_sigterm_releases(
+        cluster: Cluster, api: kubernetes.client.ApiClient, tmp_path: Path) -> None:
+    """Two `imagesync operator --leader-elect` processes, as the Deployment's replicas run it: one leads,
+    the other answers /healthz and waits; when another holder shows up the leader exits 1 at once; the
+    other takes the Lease when it is released, folds the run the first started, reconciles, and on
+    SIGTERM stops and releases the Lease."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": cluster.url}}],
+        "users": [{"name": "anyone", "user": {"token": "unused"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "anyone"}}]}))
+    leases = KubeLeases(api, NAMESPACE)
 
+    async def operator(pod: str, health: int) -> asyncio.subprocess.Process:
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "IMAGESYNC_POD_NAME": pod,
+               "IMAGESYNC_POD_NAMESPACE": NAMESPACE, "IMAGESYNC_WORKER_IMAGE": "imagesync:test",
+               "IMAGESYNC_METRICS_PORT": "0", "IMAGESYNC_HEALTH_PORT": str(health),
+               # Nothing here waits for an expiry: a long deadline keeps a loaded machine from losing the Lease.
+               "IMAGESYNC_BIND_ADDRESS": "127.0.0.1", "IMAGESYNC_LEASE_DURATION_SECONDS": "20",
+               "IMAGESYNC_LEASE_RENEW_DEADLINE_SECONDS": "15", "IMAGESYNC_LEASE_RETRY_PERIOD_SECONDS": "1"}
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "imagesync.cli.main", "operator", "--kubeconfig", str(kubeconfig),
+            "--leader-elect", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
-@contextlib.asynccontextmanager
-async def two_replicas(cluster: Cluster) -> AsyncIterator[list[Replica]]:
-    """Two operators as `imagesync operator` runs them in a Pod (main.run with an elector), each with its
-    own API client. Started from the test's own task, and both before either kopf runs: kopf, when it
-    stops, cancels every task of the loop created after it started."""
-    started: list[Replica] = []
-    clients = []
-    for identity in ("op-a_1", "op-b_2"):
-        client = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=cluster.url))
-        clients.append(client)
-        ctx = Context(Kube(client), OperatorSettings(worker_image="imagesync:test", metrics_port=0, health_port=0),
-                      schedule_interval=0.3, credential_check_interval=0.5)
-        leases = KubeLeases(client, NAMESPACE)
-        chosen = Elector(leases, identity, ROOMY, where=leases.where())
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run(emulator_registry(cluster, ctx), ctx, chosen, standalone=True,
-                                       stop_flag=stop, ready_flag=ready))
-        started.append(Replica(chosen, task, stop, ready))
+    async def holder() -> str:
+        return str((await lease(cluster))["holderIdentity"]).rpartition("_")[0]
+
+    async def ended(process: asyncio.subprocess.Process) -> tuple[int, str]:
+        code = await asyncio.wait_for(process.wait(), LIMIT)
+        return code, (await process.stdout.read()).decode() if process.stdout else ""
+
+    ports = {"op-a": free_port(), "op-b": free_port()}
+    processes = {pod: await operator(pod, port) for pod, port in ports.items()}
     try:
-        yield started
-    finally:
-        for replica in started:
-            replica.stop.set()
-        for replica in started:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(replica.task, LIMIT)
-        for client in clients:
-            client.close()
+        async with httpx.AsyncClient(timeout=5) as client:
+            for port in ports.values():
+                async def live(port: int = port) -> bool:
+                    with contextlib.suppress(httpx.TransportError):
+                        return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+                    return False
 
+                await wait_until("a replica's /healthz", live)
 
-async def test_only_the_lease_holder_reconciles_and_the_standby_takes_over_without_a_second_job(
-        cluster: Cluster) -> None:
-    async with two_replicas(cluster) as replicas:
-        while not any(r.ready.is_set() for r in replicas):
-            await asyncio.sleep(0.05)
-        (leader,) = [r for r in replicas if r.ready.is_set()]
-        (standby,) = [r for r in replicas if r is not leader]
+        async def led() -> bool:
+            return await holder() in processes
+
+        await wait_until("one operator to take the Lease", led)  # whichever created it first
+        leader = await holder()
+        (standby,) = set(processes) - {leader}  # and it answered /healthz above
+        # The leader starts a run; the standby, watching nothing, makes no second Job.
         await cluster.create(isj("steady", {"r.example.com/a/app:1": "t.example.com/a/app"}))
-        await status_when(cluster, "steady", lambda s: s.get("jobName"), "a job")
-        await asyncio.sleep(1.0)  # the standby has had time to act, were it acting
-        assert not standby.ready.is_set() and not standby.elector.leading and leader.elector.leading
-        assert (await lease(cluster))["holderIdentity"] == leader.elector.identity
-        assert await job_names(cluster) == ["steady-r1"]
+        await status_when(cluster, "steady", lambda s: s.get("jobName") == "steady-r1", "a job from the leader")
+        record, version = await leases.read()
+        assert record is not None and version
+        await leases.replace(LeaseRecord(holder="thief_2", lease_duration=600, transitions=record.transitions + 1),
+                             version)
+        code, output = await ended(processes[leader])
+        assert code == 1, output[-2000:]
+        assert "leadership lost" in output and "held by thief_2" in output, output[-2000:]
+        assert processes[standby].returncode is None and await holder() == "thief"  # it waits out the 600 s
 
-        # A rolling update stops the leader (SIGTERM: kopf stops, the Lease is released).
-        leader.stop.set()
-        await asyncio.wait_for(leader.task, LIMIT)
-        await asyncio.wait_for(standby.ready.wait(), LIMIT)
-        spec = await lease(cluster)
-        assert spec["holderIdentity"] == standby.elector.identity and spec["leaseTransitions"] == 1
-        # The new leader resumes the run: the Job controller ends it, the new leader folds the end in.
+        # The Job controller ends the run while nobody leads.
         response = await cluster.client.patch(
             f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/steady-r1/status",
             json={"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}},
             headers={"Content-Type": "application/merge-patch+json"})
         assert response.status_code < 300, response.text
+        # The thief lets go (a release): the standby takes the Lease at its next try, folds the run's end
+        # in, without a second Job, and reconciles what comes next.
+        record, version = await leases.read()
+        assert record is not None and version
+        await leases.replace(LeaseRecord(holder="", lease_duration=1, transitions=record.transitions), version)
         status = await status_when(cluster, "steady", lambda s: s.get("completionTime"), "the run's end folded")
-        assert status["run"] == 1
-        assert await job_names(cluster) == ["steady-r1"]
-        # And it reconciles what comes next.
+        assert status["run"] == 1 and await holder() == standby
         await cluster.create(isj("later", {"r.example.com/a/app:1": "t.example.com/a/app"}))
         await status_when(cluster, "later", lambda s: s.get("jobName") == "later-r1", "a job from the new leader")
+        assert await job_names(cluster) == ["later-r1", "steady-r1"]
+        assert processes[standby].returncode is None, (await ended(processes[standby]))[1][-2000:]
+        processes[standby].send_signal(signal.SIGTERM)
+        code, output = await ended(processes[standby])
+        assert code == 0, output[-2000:]
+        spec = await lease(cluster)
+        assert spec["holderIdentity"] == "" and spec["leaseDurationSeconds"] == 1, spec
+    finally:
+        for process in processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+                    process.kill()
+                await process.wait()
