@@ -9,8 +9,9 @@ Per target repository, after the copy:
 3. unconfirmed (the default), nothing more: the report lists what would go, by the digest rules below (what a
    registry that cannot untag does; one that can untags the shared tags too);
 4. confirmed: each candidate is untagged (``DELETE .../manifests/<tag>``) while the registry accepts that, and
-   checked gone by a HEAD. Where a tag shares its manifest with a kept tag, the manifest is checked still there
-   afterwards, and put back (its bytes were read before) if the registry deleted it with the tag. A registry
+   checked gone by a HEAD. Where a tag shares its manifest with a kept tag (or a kept index holds it), the
+   manifest is checked still there afterwards, and put back (its bytes were read before) if the registry
+   deleted it with the tag. A registry
    that refuses tag deletes (distribution 2.8: 400) is remembered as such, and the rest go by digest, only
    where no kept tag points at the manifest nor holds it in its index.
 
