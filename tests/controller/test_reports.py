@@ -1,5 +1,6 @@
-"""Worker reports are untrusted (issue 11, point 4): each test is one way a pod could lie, and what the
-operator does with it (ignore the pod, ignore the report, or clip it), plus the worker's own bound."""
+"""Worker reports are untrusted (issue 11, points 4 and 5): each test is one way a worker, or anyone who may
+write Pods or ConfigMaps in the namespace, could lie, and what the operator does with it (ignore the pod,
+the ConfigMap or the report, or clip it), plus the worker's own bound."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import httpx
 import pytest
 
 from imagesync.controller import handlers
-from imagesync.controller.handlers import Context, fold_live, report_logins, run_job, run_pods
-from imagesync.controller.render import LABEL_JOB, LABEL_RUN, PROGRESS_ANNOTATION
+from imagesync.controller.handlers import Context, fold_live, report_logins, run_job, run_shards
+from imagesync.controller.render import LABEL_JOB, LABEL_RUN, render_report_configmap
 from imagesync.controller.reports import (
     MAX_FAILED_IMAGES,
     MAX_REASON,
@@ -21,11 +22,20 @@ from imagesync.controller.reports import (
     ReportError,
     controlled_by,
     parse_report,
+    shard_of_key,
 )
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.status import fold_progress
 from imagesync.engine.stats import ImageOutcome, SyncStats
-from imagesync.worker.report import REPORT_BUDGET, REPORT_FAILED_IMAGES, PodAnnotationReporter, bounded_report
+from imagesync.worker.report import (
+    CONFIGMAP_DATA_LIMIT,
+    REPORT_BUDGET,
+    REPORT_FAILED_IMAGES,
+    ConfigMapReporter,
+    bounded_report,
+    report_budget,
+    shard_report,
+)
 
 RUN_REGISTRIES = {"source.example.com", "target.example.com"}
 
@@ -107,7 +117,11 @@ def test_the_fold_writes_no_nan_even_unvalidated() -> None:
     ({"failedImages": [{"source": 7}]}, "failedImages source is not a string"),
     ({"loginsRejected": "source.example.com"}, "loginsRejected is not a list"),
     ({"loginsRejected": [{"registry": "x"}]}, "an entry of loginsRejected is not a string"),
-    ({"shard": 1}, "report of shard 1 on the pod of shard 0"),
+    ({"shard": 1}, "report of shard 1 under the key of shard 0"),
+    ({"pod": "mirror-r1-0-abc"}, "pod is not an object"),
+    ({"pod": {"name": "mirror-r1-0-abc"}}, "pod uid is not a uid"),
+    ({"pod": {"name": "", "uid": "u"}}, "pod name is not a pod's name"),
+    ({"pod": {"name": "p", "uid": "u" * 65}}, "pod uid is not a uid"),
 ])
 def test_wrong_types_and_ranges_refuse_the_whole_report(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ReportError, match=message):
@@ -126,7 +140,7 @@ def test_invalid_json_is_refused(raw: str) -> None:
         parse(raw)
 
 
-def test_an_oversized_annotation_is_refused_unread() -> None:
+def test_an_oversized_report_is_refused_unread() -> None:
     with pytest.raises(ReportError, match="larger than"):
         parse(json.dumps(good(padding="x" * 300_000)))
 
@@ -195,12 +209,13 @@ def test_once_remembers_a_bounded_number_of_keys() -> None:
     assert once.first("a")  # forgotten: the oldest went first
 
 
-# -- the handlers' listing, with a fake API ---------------------------------------------------------
+# -- the handlers' reading of pods and the report ConfigMap, with a fake API ----------------------------
 
 
 class FakeKube:
-    def __init__(self, job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> None:
-        self.job, self.pods = job, pods
+    def __init__(self, job: dict[str, Any] | None, pods: list[dict[str, Any]],
+                 configmap: dict[str, Any] | None = None) -> None:
+        self.job, self.pods, self.configmap = job, pods, configmap
         self.patched: list[tuple[str, dict[str, Any]]] = []
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -208,6 +223,9 @@ class FakeKube:
 
     def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         return [dict(p) for p in self.pods]
+
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.configmap if self.configmap and self.configmap["metadata"]["name"] == name else None
 
     def list_regcreds(self, namespace: str) -> list[dict[str, Any]]:
         return [{"metadata": {"name": name, "generation": 1}, "spec": {"registry": registry}, "status": {}}
@@ -224,18 +242,31 @@ ISJ: dict[str, Any] = {
                "credentials": [{"registry": "source.example.com", "name": "source"}]},
 }
 JOB = {"metadata": {"name": "mirror-r1", "uid": "job-uid", "ownerReferences": [
-    {"kind": "ImageSyncJob", "name": "mirror", "uid": "isj-uid", "controller": True}]}}
+    {"kind": "ImageSyncJob", "name": "mirror", "uid": "isj-uid", "controller": True}]},
+    "spec": {"completions": 1}}
 
 
-def pod(name: str, report: Any, *, owner: dict[str, Any] | None = None, phase: str = "Running") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "uid": f"{name}-uid", "creationTimestamp": "2026-01-01T00:00:00Z",
+def pod(name: str, *, owner: dict[str, Any] | None = None, phase: str = "Running", index: int = 0,
+        created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "uid": f"{name}-uid", "creationTimestamp": created,
                             "labels": {LABEL_JOB: "mirror", LABEL_RUN: "1"},
-                            "annotations": {"batch.kubernetes.io/job-completion-index": "0"}}
-    if report is not None:
-        meta["annotations"][PROGRESS_ANNOTATION] = report if isinstance(report, str) else json.dumps(report)
+                            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}}
     if owner is not None:
         meta.update(owner["metadata"])
     return {"metadata": meta, "status": {"phase": phase}}
+
+
+def by(name: str, report: dict[str, Any]) -> str:
+    """``report`` as the pod ``name`` writes it (its name and uid in it)."""
+    return json.dumps({**report, "pod": {"name": name, "uid": f"{name}-uid"}})
+
+
+def reports(data: dict[str, str], *, owner_uid: str = "isj-uid", name: str = "mirror-r1-report") -> dict[str, Any]:
+    """A report ConfigMap as the operator renders it (owned by the ISJ), with ``data`` written into it."""
+    configmap = render_report_configmap({**ISJ, "metadata": {**ISJ["metadata"], "uid": owner_uid}}, 1)
+    configmap["metadata"].update(name=name, uid=f"{name}-{owner_uid}")
+    configmap["data"] = data
+    return configmap
 
 
 def context(kube: FakeKube) -> Context:
@@ -245,79 +276,168 @@ def context(kube: FakeKube) -> Context:
 def listed(ctx: Context) -> Any:
     job = run_job(ctx, ISJ)
     assert job is not None
-    return run_pods(ctx, ISJ, job)
+    return run_shards(ctx, ISJ, job)
 
 
-def test_a_forged_done_report_from_a_pod_the_job_does_not_own_is_ignored_and_logged_once(
+def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+REAL = "mirror-r1-0-abc"
+
+
+def test_the_run_s_own_report_counts() -> None:
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned())], reports({"shard-0": by(REAL, good(imagesSynced=3))})))
+    found = listed(ctx)
+    assert found.reports[0]["imagesSynced"] == 3 and found.phases == {0: "Running"}
+
+
+def test_a_forged_done_report_in_a_configmap_the_operator_did_not_create_is_ignored_and_logged_once(
         caplog: pytest.LogCaptureFixture) -> None:
-    real = pod("mirror-r1-0-abc", good(imagesSynced=1), owner=owned())
-    forged = pod("mirror-r1-0-zzz", good(imagesSynced=4, imagesTotal=4, bytesCopied=10**9, done=True,
-                                        loginsRejected=["source.example.com"]), phase="Succeeded")
-    ctx = context(FakeKube(JOB, [real, forged]))
+    # Same name and labels, but created by someone else (its owner is not this ImageSyncJob).
+    forged = reports({"shard-0": by(REAL, good(imagesSynced=4, bytesCopied=10**9, done=True,
+                                                loginsRejected=["source.example.com"]))}, owner_uid="other")
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned())], forged))
     with caplog.at_level(logging.WARNING, logger="imagesync.controller.handlers"):
         for _ in range(3):
-            pods = listed(ctx)
-    assert pods.reports[0]["imagesSynced"] == 1 and pods.reports[0]["done"] is False
-    assert pods.phases == {0: "Running"}
-    folded = fold_live(ISJ, pods.reports, pods.phases)
-    assert folded["shards"][0]["state"] == "Running" and folded["progress"]["bytesCopied"] == 1000
-    foreign = [r.getMessage() for r in caplog.records if "not controlled by Job" in r.getMessage()]
-    assert len(foreign) == 1 and "mirror-r1-0-zzz" in foreign[0]
-    # Its refused login does not reach the RegistryCredential either.
-    report_logins(ctx, ISJ, pods.reports)
+            found = listed(ctx)
+    assert found.reports == {} and found.phases == {0: "Running"}
+    folded = fold_live(ISJ, found.reports, found.phases)
+    assert folded["shards"][0]["state"] == "Running" and folded["progress"]["bytesCopied"] == 0
+    (line,) = warnings(caplog, "is not its report ConfigMap")
+    assert "mirror-r1-report" in line
+    report_logins(ctx, ISJ, found.reports)
     assert ctx.kube.patched == []  # type: ignore[attr-defined]
+
+
+def test_a_configmap_of_another_name_is_not_the_run_s_report_even_when_owned() -> None:
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned())],
+                           reports({"shard-0": by(REAL, good(done=True))}, name="mirror-r1-report")))
+    other = reports({"shard-0": by(REAL, good(done=True))}, name="mirror-r2-report")
+    assert handlers.foreign_report(ctx, ISJ, other) and not handlers.foreign_report(ctx, ISJ, ctx.kube.configmap)  # type: ignore[attr-defined]
+
+
+def test_a_pod_the_job_does_not_own_counts_for_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    # Its phase is not the shard's, and a report naming it is not counted either.
+    forged_pod = pod("mirror-r1-0-zzz", phase="Succeeded", created="2026-01-01T00:01:00Z")
+    data = {"shard-0": by("mirror-r1-0-zzz", good(imagesSynced=4, done=True))}
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned()), forged_pod], reports(data)))
+    with caplog.at_level(logging.WARNING, logger="imagesync.controller.handlers"):
+        listed(ctx)
+        found = listed(ctx)
+    assert found.reports == {} and found.phases == {0: "Running"}
+    (foreign,) = warnings(caplog, "not controlled by Job")
+    assert "mirror-r1-0-zzz" in foreign
+    (ignored,) = warnings(caplog, "names no pod of Job mirror-r1 at shard 0")
+    assert "mirror-r1-0-zzz" in ignored
+
+
+@pytest.mark.parametrize("data", [
+    {"shard-1": by(REAL, good(shard=1, done=True))},  # a shard the Job does not have
+    {"shard-00": by(REAL, good(done=True))},
+    {"shard-+0": by(REAL, good(done=True))},
+    {"evil": by(REAL, good(done=True))},
+    {"shard-0": json.dumps(good(done=True))},  # names no pod at all
+    {"shard-0": by("mirror-r1-1-xyz", good(done=True))},  # a pod that does not exist
+])
+def test_a_forged_key_or_a_report_that_names_no_pod_of_the_shard_is_ignored(
+        data: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned())], reports(data)))
+    with caplog.at_level(logging.WARNING, logger="imagesync.controller.handlers"):
+        found = listed(ctx)
+    assert found.reports == {}
+    assert len(warnings(caplog, "ignored")) == 1
+
+
+def test_a_report_of_one_shard_under_another_shard_s_key_is_ignored() -> None:
+    job = {**JOB, "spec": {"completions": 2}}
+    pods = [pod(REAL, owner=owned()), pod("mirror-r1-1-def", owner=owned(), index=1)]
+    # Shard 1's pod writes under shard 0's key (and the other way round): each names a pod of another shard.
+    data = {"shard-0": by("mirror-r1-1-def", good(shard=1)), "shard-1": by(REAL, good(shard=0))}
+    assert listed(context(FakeKube(job, pods, reports(data)))).reports == {}
+    data = {"shard-0": by("mirror-r1-1-def", good(shard=0)), "shard-1": by(REAL, good(shard=1))}
+    assert listed(context(FakeKube(job, pods, reports(data)))).reports == {}
+
+
+def test_a_retried_shard_keeps_the_latest_attempt_s_report_and_phase() -> None:
+    first = pod(REAL, owner=owned(), phase="Failed")
+    retry = pod("mirror-r1-0-def", owner=owned(), phase="Running", created="2026-01-01T00:05:00Z")
+    # The failed attempt's report stays in the key until the retry writes its own (as a pod annotation did).
+    found = listed(context(FakeKube(JOB, [first, retry], reports({"shard-0": by(REAL, good(imagesSynced=1))}))))
+    assert found.reports[0]["imagesSynced"] == 1 and found.phases == {0: "Running"}
+    found = listed(context(FakeKube(JOB, [first, retry],
+                                    reports({"shard-0": by("mirror-r1-0-def", good(imagesSynced=2))}))))
+    assert found.reports[0]["imagesSynced"] == 2 and found.phases == {0: "Running"}
 
 
 def test_pods_of_a_job_the_isj_does_not_control_are_ignored() -> None:
     # Someone created the Job first under the run's name (the operator's create got 409): not ours.
     impostor = {"metadata": {"name": "mirror-r1", "uid": "job-uid"}}
-    ctx = context(FakeKube(impostor, [pod("mirror-r1-0-abc", good(done=True), owner=owned())]))
+    ctx = context(FakeKube(impostor, [pod(REAL, owner=owned())], reports({"shard-0": by(REAL, good(done=True))})))
     assert run_job(ctx, ISJ) is None
 
 
 def test_a_bad_report_from_the_run_s_own_pod_is_ignored_and_the_fold_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
     bad = '{"bytesPerSecond": ' + "9" * 400 + ', "done": true, "imagesSynced": 3}'
-    pods_ = [pod("mirror-r1-0-abc", bad, owner=owned())]
-    ctx = context(FakeKube(JOB, pods_))
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned())], reports({"shard-0": bad})))
     with caplog.at_level(logging.WARNING, logger="imagesync.controller.handlers"):
         listed(ctx)
         found = listed(ctx)
     assert found.reports == {} and found.phases == {0: "Running"}
     folded = fold_live(ISJ, found.reports, found.phases)
     assert folded["shards"][0]["state"] == "Running" and folded["phase"] == "Running"
-    lines = [r.getMessage() for r in caplog.records if "progress report ignored" in r.getMessage()]
-    assert len(lines) == 1 and "an integer of 400 digits" in lines[0] and len(lines[0]) < 400
+    (line,) = warnings(caplog, "report 'shard-0' ignored")
+    assert "an integer of 400 digits" in line and len(line) < 400
 
 
 def test_a_refused_login_from_the_run_s_own_pod_for_another_registry_does_not_reach_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "post_event", lambda *args, **kwargs: None)  # no kopf context here
     report = good(loginsRejected=["victim.example.com", "source.example.com"])
-    ctx = context(FakeKube(JOB, [pod("mirror-r1-0-abc", report, owner=owned())]))
+    ctx = context(FakeKube(JOB, [pod(REAL, owner=owned())], reports({"shard-0": by(REAL, report)})))
     report_logins(ctx, ISJ, listed(ctx).reports)
     assert [name for name, _ in ctx.kube.patched] == ["source"]  # type: ignore[attr-defined]
 
 
-# -- the worker's side: the annotation stays far below 256 KiB ----------------------------------
+@pytest.mark.parametrize("key, shards, index", [
+    ("shard-0", 1, 0), ("shard-99", 100, 99), ("shard-100", 100, None), ("shard-1", 1, None),
+    ("shard-01", 2, None), ("shard--1", 2, None), ("shard-", 2, None), ("shard-\u0661", 2, None), ("0", 1, None),
+    ("pod-0", 1, None), ("shard-0 ", 1, None),
+])
+def test_only_keys_the_worker_writes_name_a_shard(key: str, shards: int, index: int | None) -> None:
+    assert shard_of_key(key, shards) == index
 
 
-def test_ten_thousand_failures_fit_the_annotation_with_exact_counts() -> None:
+# -- the worker's side: every shard's report fits the one ConfigMap --------------------------------
+
+
+def test_a_hundred_shards_of_reports_fit_one_configmap() -> None:
+    # spec.parallelism is at most 100: with every shard's report at its budget, keys included, the
+    # ConfigMap stays under the API server's 1 MiB.
+    assert report_budget(1) == REPORT_BUDGET and report_budget(7) == REPORT_BUDGET
+    for shards in (1, 8, 37, 100):
+        assert shards * (report_budget(shards) + len(f"shard-{shards - 1}")) < CONFIGMAP_DATA_LIMIT
+    assert report_budget(100) == 10_321
+
+
+def test_ten_thousand_failures_fit_a_report_with_exact_counts() -> None:
     stats = SyncStats(images_total=10_000)
     for i in range(10_000):
         stats.record(ImageOutcome(f"source.example.com/team/app{i}:1", f"target.example.com/team/app{i}:1",
                                   "failed", reason=f"image {i}: " + "registry said no. " * 500))
     snapshot = dict(stats.snapshot(done=True), shard=0)
-    text = bounded_report(snapshot)
-    assert len(text.encode()) <= REPORT_BUDGET < 256 * 1024
-    sent = json.loads(text)
-    assert sent["imagesFailed"] == 10_000 and sent["failedImagesTotal"] == 10_000
-    assert 0 < len(sent["failedImages"]) <= REPORT_FAILED_IMAGES
-    assert sent["failedImages"][0]["source"] == "source.example.com/team/app0:1"
-    assert all(len(f["reason"]) <= MAX_REASON for f in sent["failedImages"])
-    # ... and the operator accepts it as it is.
-    report = parse(text, index=0)
-    assert report.counts["failedImagesTotal"] == 10_000 and report.done
+    for budget in (REPORT_BUDGET, report_budget(100)):
+        text = bounded_report(snapshot, budget)
+        assert len(text.encode()) <= budget
+        sent = json.loads(text)
+        assert sent["imagesFailed"] == 10_000 and sent["failedImagesTotal"] == 10_000
+        assert 0 < len(sent["failedImages"]) <= REPORT_FAILED_IMAGES
+        assert sent["failedImages"][0]["source"] == "source.example.com/team/app0:1"
+        assert all(len(f["reason"]) <= MAX_REASON for f in sent["failedImages"])
+        # ... and the operator accepts it as it is.
+        report = parse(text, index=0)
+        assert report.counts["failedImagesTotal"] == 10_000 and report.done
 
 
 def test_bounded_report_shrinks_the_list_when_references_are_long_too() -> None:
@@ -329,19 +449,42 @@ def test_bounded_report_shrinks_the_list_when_references_are_long_too() -> None:
     parse(text)
 
 
-async def test_the_pod_reporter_sends_the_bounded_report() -> None:
-    bodies: list[dict[str, Any]] = []
+def test_a_small_budget_drops_quotas_then_logins_rather_than_overflow() -> None:
+    hosts = [f"{i:02d}" + "r" * 250 + ".example.com" for i in range(32)]
+    progress = {"imagesSynced": 5, "registryQuotas": {h: {"remaining": 1, "limit": 10} for h in hosts},
+                "loginsAccepted": hosts[:8]}
+    budget = report_budget(100)
+    assert len(bounded_report(progress, budget).encode()) > budget  # the lists alone are over it
+    sent = json.loads(shard_report(progress, budget))
+    assert sent["imagesSynced"] == 5 and "registryQuotas" not in sent and sent["loginsAccepted"] == hosts[:8]
+    many = {**progress, "loginsAccepted": hosts, "loginsRejected": hosts}
+    sent = json.loads(shard_report(many, budget))
+    assert sent["imagesSynced"] == 5 and "loginsAccepted" not in sent and "registryQuotas" not in sent
+    assert len(shard_report(many, budget).encode()) <= budget
+
+
+async def test_the_configmap_reporter_patches_its_shard_s_key_with_its_pod() -> None:
+    requests: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append(json.loads(request.content))
+        requests.append(request)
         return httpx.Response(200, json={})
 
-    reporter = PodAnnotationReporter("http://api.invalid", "sync", "mirror-r1-0-abc", None, False)
+    pod_ = {"name": "mirror-r1-3-abc", "uid": "0b5e-uid"}
+    budget = report_budget(100)
+    reporter = ConfigMapReporter("http://api.invalid", "sync", "mirror-r1-report", 3, pod_, budget, None, False)
     reporter._client = httpx.AsyncClient(base_url="http://api.invalid", transport=httpx.MockTransport(handler))
     failures = [{"source": f"s/a{i}:1", "target": f"t/a{i}:1", "reason": "x" * 100_000} for i in range(3000)]
-    await reporter.report({"imagesFailed": 3000, "failedImagesTotal": 3000, "failedImages": failures})
+    await reporter.report({"imagesFailed": 3000, "failedImagesTotal": 3000, "failedImages": failures, "shard": 3})
     await reporter.aclose()
-    (body,) = bodies
-    annotation = body["metadata"]["annotations"][PROGRESS_ANNOTATION]
-    assert len(annotation.encode()) <= REPORT_BUDGET
-    assert json.loads(annotation)["failedImagesTotal"] == 3000
+    (request,) = requests
+    assert request.method == "PATCH" and request.url.path == "/api/v1/namespaces/sync/configmaps/mirror-r1-report"
+    assert request.headers["Content-Type"] == "application/merge-patch+json"
+    body = json.loads(request.content)
+    assert set(body) == {"data"} and set(body["data"]) == {"shard-3"}  # no resourceVersion: shards never conflict
+    text = body["data"]["shard-3"]
+    assert len(text.encode()) <= budget
+    sent = json.loads(text)
+    assert sent["failedImagesTotal"] == 3000 and sent["pod"] == pod_
+    report = parse(text, index=3)
+    assert (report.pod_name, report.pod_uid) == ("mirror-r1-3-abc", "0b5e-uid")

@@ -3,7 +3,8 @@
 It reads the Job and the Secret the operator created, creates the Job's Pods through the API (so the
 operator's watches see them), runs the worker entrypoint as a local subprocess with the Pod's own
 environment (downward API values resolved) and the Secret's files, then writes Pod and Job status back
-as the kubelet and the Job controller would.
+as the kubelet and the Job controller would. The worker reports through the emulator as in a cluster: a
+merge patch of its shard's key in the run's report ConfigMap.
 
 Two things differ from a node, by necessity: the Secret is written to a temporary directory instead of
 ``/etc/imagesync/config`` (so ``IMAGESYNC_CONFIG_DIR`` points there), and ``IMAGESYNC_KUBE_API`` names
@@ -90,7 +91,8 @@ class JobPlayer:
             else:
                 field_path = item["valueFrom"]["fieldRef"]["fieldPath"]
                 env[item["name"]] = {"metadata.name": pod["metadata"]["name"],
-                                     "metadata.namespace": pod["metadata"]["namespace"]}[field_path]
+                                     "metadata.namespace": pod["metadata"]["namespace"],
+                                     "metadata.uid": pod["metadata"]["uid"]}[field_path]
         if job["spec"].get("completionMode") == "Indexed":
             env["JOB_COMPLETION_INDEX"] = str(index)  # set by the Job controller for Indexed Jobs
         env["IMAGESYNC_CONFIG_DIR"] = str(config_dir)

@@ -1,10 +1,13 @@
-"""Forged and malformed worker reports against the operator (issue 11, point 4), on the emulator.
+"""Forged and malformed worker reports against the operator (issue 11, points 4 and 5), on the emulator.
 
-While a real run is in progress, the test plays someone who may create and patch Pods in the namespace:
-a Pod that carries the run's labels (but is not the Job's) says the shard is done, with inflated numbers
-and a refused login; then the run's own Pod gets a report with a 400-digit rate (a compromised worker).
-The status keeps telling the truth: the run is not Succeeded before the real worker ends, the forged
-numbers are never counted, no RegistryCredential is marked LoginRejected, and the run ends normally.
+While a real run is in progress, the test plays someone who may create Pods and ConfigMaps in the
+namespace, and a compromised worker of the run (which may patch the run's report ConfigMap, and nothing
+else): a ConfigMap that carries the run's labels (but is not the operator's) says shard 0 is done, with
+inflated numbers and refused logins; a Pod with the run's labels (not the Job's) says it Succeeded; then
+the run's own report ConfigMap gets keys for a shard the run does not have, a report that names a pod of
+no shard, and a report with a 400-digit rate. The status keeps telling the truth: the run is not
+Succeeded before the real worker ends, the forged numbers are never counted, no RegistryCredential is
+marked LoginRejected, and the run ends normally.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from kube.conftest import Cluster, Operator
 from kube.jobplayer import COMPLETION_INDEX, JobPlayer
 from kube.objects import NAMESPACE, isj, regcred
 
-from imagesync.controller.render import LABEL_JOB, LABEL_RUN, PROGRESS_ANNOTATION
+from imagesync.controller.render import LABEL_JOB, LABEL_RUN
 from testbed import seed
 from testbed.registry import RegistryProcess
 
 IMAGES = 8
 FORGED_BYTES = 987_654_321_000
 PODS = f"/api/v1/namespaces/{NAMESPACE}/pods"
+CONFIGMAPS = f"/api/v1/namespaces/{NAMESPACE}/configmaps"
+REPORT = "victim-r1-report"
 
 
 def pods(cluster: Cluster) -> list[dict[str, Any]]:
@@ -31,18 +36,17 @@ def pods(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 def real_worker_done(cluster: Cluster) -> bool:
-    """The Job's own pod (the one with an owner reference) has said its last word."""
-    for pod in pods(cluster):
-        if pod["metadata"].get("ownerReferences"):
-            raw = (pod["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION) or "{}"
-            try:
-                return json.loads(raw).get("done") is True
-            except ValueError:
-                return False
-    return False
+    """The Job's own pod (the one with an owner reference) has said its last word in the report ConfigMap."""
+    configmap = cluster.emulator.get("v1/configmaps", NAMESPACE, REPORT) or {}
+    try:
+        report = json.loads((configmap.get("data") or {}).get("shard-0") or "{}")
+    except ValueError:
+        return False
+    owned = [p["metadata"]["uid"] for p in pods(cluster) if p["metadata"].get("ownerReferences")]
+    return report.get("done") is True and (report.get("pod") or {}).get("uid") in owned
 
 
-async def test_forged_reports_from_a_foreign_pod_and_a_bad_report_are_ignored(
+async def test_forged_reports_from_a_foreign_configmap_and_bad_keys_in_the_run_s_own_are_ignored(
         cluster: Cluster, operator: Operator, player: JobPlayer, registry: RegistryProcess,
         registry2: RegistryProcess) -> None:
     for i in range(IMAGES):
@@ -74,34 +78,40 @@ async def test_forged_reports_from_a_foreign_pod_and_a_bad_report_are_ignored(
         (real_pod,) = pods(cluster)
         labels = real_pod["metadata"]["labels"]
         assert labels[LABEL_JOB] == "victim" and labels[LABEL_RUN] == "1"
+        real = {"name": real_pod["metadata"]["name"], "uid": real_pod["metadata"]["uid"]}
 
-        # 1. A pod with the run's labels but no owner reference, created after the real one (so it would
-        #    replace shard 0 by creation order), claiming the shard is done.
+        # 1. A ConfigMap with the run's labels that the operator did not create, claiming shard 0 is done
+        #    (it even names the real pod), and a Pod with the run's labels but no owner, Succeeded.
         forged_report = {"imagesTotal": IMAGES, "imagesSynced": IMAGES, "imagesSkipped": 0, "imagesFailed": 0,
                          "bytesCopied": FORGED_BYTES, "bytesPerSecond": 1.0, "done": True, "shard": 0,
-                         "failedImages": [], "failedImagesTotal": 0,
+                         "failedImages": [], "failedImagesTotal": 0, "pod": real,
                          "loginsRejected": [registry.host, registry2.host]}
-        forged = {"apiVersion": "v1", "kind": "Pod",
-                  "metadata": {"name": "victim-r1-0-forged", "labels": dict(labels),
-                               "annotations": {COMPLETION_INDEX: "0",
-                                               PROGRESS_ANNOTATION: json.dumps(forged_report)}},
-                  "spec": {"containers": [{"name": "worker", "image": "evil.example.com/forger:1"}]}}
-        response = await cluster.client.post(PODS, json=forged)
+        response = await cluster.client.post(CONFIGMAPS, json={
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "victim-r1-report-forged", "labels": dict(labels)},
+            "data": {"shard-0": json.dumps(forged_report)}})
+        assert response.status_code == 201, response.text
+        forged_pod = {"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": "victim-r1-0-forged", "labels": dict(labels),
+                                   "annotations": {COMPLETION_INDEX: "0"}},
+                      "spec": {"containers": [{"name": "worker", "image": "evil.example.com/forger:1"}]}}
+        response = await cluster.client.post(PODS, json=forged_pod)
         assert response.status_code == 201, response.text
         await player.patch_status(f"{PODS}/victim-r1-0-forged", {"phase": "Succeeded"})
-        # A second one with garbage: not even JSON.
-        garbage = json.loads(json.dumps(forged))
-        garbage["metadata"].update(name="victim-r1-0-garbage")
-        garbage["metadata"]["annotations"][PROGRESS_ANNOTATION] = '{"done": true, "bytesPerSecond": NaN'
-        response = await cluster.client.post(PODS, json=garbage)
-        assert response.status_code == 201, response.text
+        forged_uid = (cluster.emulator.get("v1/pods", NAMESPACE, "victim-r1-0-forged") or {})["metadata"]["uid"]
 
-        # 2. The run's own pod gets a report with a 400-digit rate (the fold once raised OverflowError
-        #    on it and the run stayed active for good); the worker's next report replaces it.
+        # 2. What a compromised worker of the run can write: its own run's report ConfigMap, any key. A shard
+        #    the run does not have, garbage, and shard 0's report naming the forged pod (not the Job's).
         still_running = ((cluster.isj("victim") or {}).get("status") or {}).get("phase") == "Running"
-        bad = {"imagesTotal": IMAGES, "imagesSynced": IMAGES, "done": False, "bytesPerSecond": int("9" * 400)}
-        await cluster.patch(f"{PODS}/{real_pod['metadata']['name']}",
-                            {"metadata": {"annotations": {PROGRESS_ANNOTATION: json.dumps(bad)}}})
+        await cluster.patch(f"{CONFIGMAPS}/{REPORT}", {"data": {
+            "shard-1": json.dumps({**forged_report, "shard": 1}),
+            "shard-0x": '{"done": true, "bytesPerSecond": NaN',
+            "shard-0": json.dumps({**forged_report, "pod": {"name": "victim-r1-0-forged", "uid": forged_uid}})}})
+        # 3. Shard 0's report, naming the real pod, with a 400-digit rate (the fold once raised OverflowError
+        #    on it and the run stayed active for good); the worker's next report replaces it.
+        bad = {"imagesTotal": IMAGES, "imagesSynced": IMAGES, "done": False, "bytesPerSecond": int("9" * 400),
+               "pod": real}
+        await cluster.patch(f"{CONFIGMAPS}/{REPORT}", {"data": {"shard-0": json.dumps(bad)}})
 
         runs = await worker
         assert [r.returncode for r in runs] == [0], [r.stderr[-800:] for r in runs]
@@ -113,7 +123,7 @@ async def test_forged_reports_from_a_foreign_pod_and_a_bad_report_are_ignored(
 
     assert still_running, "the run ended before the forgeries landed: nothing was attacked"
     # Neither the run nor its shard was Succeeded before the real worker said it was done (the status is
-    # read before the pod in each sample), and no status ever carried forged numbers.
+    # read before the report in each sample), and no status ever carried forged numbers.
     early = [s for s in seen if not s["real_done"] and (s["phase"] == "Succeeded" or "Succeeded" in s["shards"])]
     assert not early, f"Succeeded before the worker ended: {early[:1]}"
     assert all(s["progress"].get("bytesCopied", 0) < FORGED_BYTES for s in seen)
@@ -131,6 +141,12 @@ async def test_forged_reports_from_a_foreign_pod_and_a_bad_report_are_ignored(
         reasons = {c.get("reason") for c in (cred.get("status") or {}).get("conditions") or []}
         assert "LoginRejected" not in reasons, (name, reasons)
     assert not any(e.get("reason") == "LoginRejected" for e in cluster.events())
+    # The run's report objects go with its end (just after the final status); the forged ConfigMap is not
+    # the operator's to delete.
+    await cluster.wait_for("the run's report objects deleted", lambda: all(
+        cluster.emulator.get(resource, NAMESPACE, REPORT) is None for resource in (
+            "v1/configmaps", "rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/rolebindings")))
+    assert cluster.emulator.get("v1/configmaps", NAMESPACE, "victim-r1-report-forged") is not None
 
 
 async def test_a_job_that_carries_the_run_s_labels_ends_nothing(

@@ -1,8 +1,10 @@
 """kopf handlers: one small handler per concern; decisions come from the pure modules beside this one.
 
-- ImageSyncJob created/changed/resumed -> validate, resolve credentials, start a run (Secret + Job), or
+- ImageSyncJob created/changed/resumed -> validate, resolve credentials, start a run (Secret, report
+  ConfigMap with its Role and RoleBinding, Job), or
   queue the change when a run is active, or stay Suspended.
-- Worker Pod events (progress annotations, phases) -> fold the shards' reports into the status, live.
+- Worker Pod events (phases) and report ConfigMap events (the shards' reports) -> fold them into the
+  status, live.
 - Job finished -> final phase, counts, failed images, events; start the queued run if any.
 - Timer on scheduled ImageSyncJobs -> start a run when the cron schedule is due (never two at once).
 - RegistryCredential created/changed, and periodically -> Ready condition.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +32,26 @@ from imagesync.controller.policy import refusal_message, worker_refusals
 from imagesync.controller.render import (
     LABEL_JOB,
     LABEL_RUN,
-    PROGRESS_ANNOTATION,
     dropped_job_fields,
     render_config_secret,
     render_job,
+    render_report_configmap,
+    render_report_role,
+    render_report_rolebinding,
+    report_name,
     run_name,
     runs_to_prune,
+    worker_service_account,
 )
-from imagesync.controller.reports import Once, ReportError, clip, controlled_by, parse_report, run_registries
+from imagesync.controller.reports import (
+    Once,
+    ReportError,
+    clip,
+    controlled_by,
+    parse_report,
+    run_registries,
+    shard_of_key,
+)
 from imagesync.controller.schedule import is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.spec import DEFAULT_HISTORY_LIMIT, JobSpec, SpecError, parse_job_spec
@@ -82,10 +96,10 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)  # observe() after every ImageSyncJob status patch
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
-    warned: Once = field(default_factory=Once)  # foreign pods and bad reports are logged once each
+    warned: Once = field(default_factory=Once)  # foreign pods, ConfigMaps and bad reports are logged once each
 
     def status_lock(self, namespace: str, name: str) -> threading.Lock:
-        """Pod and Job events of one ImageSyncJob read-modify-write its status one at a time: a late
+        """Pod, ConfigMap and Job events of one ImageSyncJob read-modify-write its status one at a time: a late
         progress fold must not overwrite the final phase that the Job's end just wrote."""
         with self._locks_guard:
             return self._locks.setdefault((namespace, name), threading.Lock())
@@ -156,7 +170,8 @@ def admitted_spec(ctx: Context, isj: Mapping[str, Any]) -> JobSpec:
 
 
 def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    """Create the next run's Secret and Job; return the status patch. Idempotent by deterministic names."""
+    """Create the next run's Secret, report ConfigMap (with the Role and RoleBinding that let the run's workers
+    patch it, and only it), and Job; return the status patch. Idempotent by deterministic names."""
     meta, status = isj["metadata"], isj.get("status") or {}
     spec = admitted_spec(ctx, isj)
     document = resolve_credentials(ctx, meta["namespace"], spec)
@@ -164,6 +179,10 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     secret = render_config_secret(isj, run, spec, document.auth, document.ca_files)
     job = render_job(isj, run, spec, ctx.settings)
     ctx.kube.create(secret)
+    # Before the Job: a worker's first report must find its ConfigMap and its right to patch it.
+    ctx.kube.create(render_report_configmap(isj, run))
+    ctx.kube.create(render_report_role(isj, run))
+    ctx.kube.create(render_report_rolebinding(isj, run, worker_service_account(spec, ctx.settings)))
     created = ctx.kube.create(job)
     problem = dropped_job_fields(job, created) if created is not None else None
     if problem is not None:
@@ -248,9 +267,9 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
 
 
 @dataclass
-class RunPods:
-    """What a run's worker Pods say: the latest report and pod phase per completion index (a retried
-    pod replaces its predecessor), and why any of them cannot start."""
+class RunShards:
+    """What a run's shards say: the valid report and the latest pod's phase per completion index (a retried
+    pod replaces its predecessor), and why any of the pods cannot start."""
 
     reports: dict[int, Any] = field(default_factory=dict)
     phases: dict[int, str] = field(default_factory=dict)
@@ -286,47 +305,77 @@ def foreign_pod(ctx: Context, isj: Mapping[str, Any], pod: Mapping[str, Any], jo
     return True
 
 
-def run_pods(ctx: Context, isj: Mapping[str, Any], job: Mapping[str, Any]) -> RunPods:
-    """The pods of ``job`` (the run's own, see :func:`run_job`): only those it controls count (by uid), and
-    only their valid reports (controller/reports.py); a pod that merely carries the run's labels is
+def foreign_report(ctx: Context, isj: Mapping[str, Any], configmap: Mapping[str, Any]) -> bool:
+    """True (logged once per ConfigMap) unless ``configmap`` is the report ConfigMap the operator created for
+    the active run: its name, and controlled by the ImageSyncJob (labels alone prove nothing)."""
+    meta, cm_meta = isj["metadata"], configmap.get("metadata") or {}
+    run = int((isj.get("status") or {}).get("run") or 0)
+    if cm_meta.get("name") == report_name(meta["name"], run) and \
+            controlled_by(configmap, "ImageSyncJob", meta.get("uid")):
+        return False
+    if ctx.warned.first(("configmap", cm_meta.get("uid"))):
+        log.warning("ConfigMap %s/%s carries the labels of run %s of %s but is not its report ConfigMap: ignored",
+                    meta["namespace"], clip(str(cm_meta.get("name")), 100), run, meta["name"])
+    return True
+
+
+def completion_index(pod: Mapping[str, Any]) -> int | None:
+    pod_meta = pod.get("metadata") or {}
+    text = (pod_meta.get("annotations") or {}).get(COMPLETION_INDEX) or \
+        (pod_meta.get("labels") or {}).get(COMPLETION_INDEX) or "0"
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def run_shards(ctx: Context, isj: Mapping[str, Any], job: Mapping[str, Any]) -> RunShards:
+    """The pods of ``job`` (the run's own, see :func:`run_job`) and the reports in the run's report
+    ConfigMap: only pods the Job controls count (by uid); only the run's own ConfigMap, and in it only
+    valid reports (controller/reports.py) that name a pod of the Job at the key's shard. Anything else is
     logged once and ignored."""
     meta = isj["metadata"]
     run = int((isj.get("status") or {}).get("run") or 0)
-    found = RunPods()
-    registries = run_registries(isj.get("status") or {})
+    found = RunShards()
     pods = ctx.kube.list_pods(meta["namespace"], {LABEL_JOB: meta["name"], LABEL_RUN: str(run)})
     pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+    pod_uids: dict[int, set[str]] = {}  # every attempt of each shard: a retry's predecessor may have reported
     for pod in pods:
-        pod_meta = pod["metadata"]
-        if foreign_pod(ctx, isj, pod, job):
+        index = completion_index(pod)
+        if index is None or foreign_pod(ctx, isj, pod, job):
             continue
-        index_text = (pod_meta.get("annotations") or {}).get(COMPLETION_INDEX) or \
-            (pod_meta.get("labels") or {}).get(COMPLETION_INDEX) or "0"
-        try:
-            index = int(index_text)
-        except ValueError:
-            continue
-        raw = (pod_meta.get("annotations") or {}).get(PROGRESS_ANNOTATION)
-        if isinstance(raw, str) and raw:
-            try:
-                report = parse_report(raw, registries=registries, index=index)
-            except ReportError as exc:
-                if ctx.warned.first(("report", pod_meta.get("uid"), hash(raw))):
-                    log.warning("pod %s/%s: progress report ignored: %s", meta["namespace"], pod_meta.get("name"),
-                                clip(str(exc)))
-            else:
-                if report.dropped and ctx.warned.first(("clipped", pod_meta.get("uid"), hash(raw))):
-                    log.warning("pod %s/%s: progress report clipped: %s", meta["namespace"], pod_meta.get("name"),
-                                clip("; ".join(report.dropped)))
-                found.reports[index] = report.as_dict()
+        if pod["metadata"].get("uid"):
+            pod_uids.setdefault(index, set()).add(str(pod["metadata"]["uid"]))
         found.phases[index] = (pod.get("status") or {}).get("phase") or "Pending"
         problem = pod_problem(pod)
-        if problem and not pod_meta.get("deletionTimestamp"):
+        if problem and not pod["metadata"].get("deletionTimestamp"):
             found.problems.append(problem)
+    configmap = ctx.kube.get_configmap(meta["namespace"], report_name(meta["name"], run))
+    if configmap is None or foreign_report(ctx, isj, configmap):
+        return found
+    shards = int((job.get("spec") or {}).get("completions") or 1)
+    registries = run_registries(isj.get("status") or {})
+    where = f"{meta['namespace']}/{configmap['metadata']['name']}"
+    for key, raw in sorted((configmap.get("data") or {}).items()):
+        index = shard_of_key(key, shards)
+        try:
+            if index is None:
+                raise ReportError(f"not the key of a shard of this run (shard-0 to shard-{shards - 1})")
+            report = parse_report(raw, registries=registries, index=index)
+            if report.pod_uid is None or report.pod_uid not in pod_uids.get(index, set()):
+                raise ReportError(f"names no pod of Job {job['metadata'].get('name')} at shard {index}: "
+                                  f"{clip(str(report.pod_name), 100)!r}")
+        except ReportError as exc:
+            if ctx.warned.first(("report", configmap["metadata"].get("uid"), clip(key, 100), hash(raw))):
+                log.warning("ConfigMap %s: report %r ignored: %s", where, clip(key, 100), clip(str(exc)))
+            continue
+        if report.dropped and ctx.warned.first(("clipped", configmap["metadata"].get("uid"), key, hash(raw))):
+            log.warning("ConfigMap %s: report %r clipped: %s", where, key, clip("; ".join(report.dropped)))
+        found.reports[index] = report.as_dict()
     return found
 
 
-def workers_condition(isj: Mapping[str, Any], pods: RunPods) -> list[dict[str, Any]] | None:
+def workers_condition(isj: Mapping[str, Any], pods: RunShards) -> list[dict[str, Any]] | None:
     """The WorkersReady condition when it changes (posting a Warning when workers get stuck), else None."""
     status = isj.get("status") or {}
     previous = find_condition(status.get("conditions"), "WorkersReady")
@@ -421,12 +470,18 @@ def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, An
                                                                 "observedGeneration": generation})
 
 
-def delete_run(ctx: Context, isj: Mapping[str, Any], run: int, kinds: tuple[str, ...] = ("Job", "Secret")) -> None:
+RUN_KINDS = ("Job", "Secret", "ConfigMap", "Role", "RoleBinding")
+# What goes as soon as a run ends: its credentials, and its workers' right to write their report (the
+# report ConfigMap itself is folded into the status by then: it goes too).
+ENDED_RUN_KINDS = ("Secret", "ConfigMap", "Role", "RoleBinding")
+
+
+def delete_run(ctx: Context, isj: Mapping[str, Any], run: int, kinds: tuple[str, ...] = RUN_KINDS) -> None:
     """Delete a run's objects (a Job takes its Pods with it); gone already is fine."""
     meta = isj["metadata"]
     for kind in kinds:
-        ctx.kube.delete({"kind": kind, "metadata": {"namespace": meta["namespace"],
-                                                    "name": run_name(meta["name"], run)}})
+        name = run_name(meta["name"], run) if kind in ("Job", "Secret") else report_name(meta["name"], run)
+        ctx.kube.delete({"kind": kind, "metadata": {"namespace": meta["namespace"], "name": name}})
 
 
 def supersede_run(ctx: Context, isj: Mapping[str, Any]) -> None:
@@ -435,13 +490,13 @@ def supersede_run(ctx: Context, isj: Mapping[str, Any]) -> None:
 
 
 def prune_runs(ctx: Context, isj: Mapping[str, Any], finished: int) -> None:
-    """A finished run's credentials go at once (its pods are done with them); Jobs and Pods of runs
-    older than spec.historyLimit go too, so a frequent schedule does not pile them up."""
+    """A finished run's credentials and report objects go at once (its pods are done with them); Jobs and
+    Pods of runs older than spec.historyLimit go too, so a frequent schedule does not pile them up."""
     try:
         keep = parse_job_spec(isj.get("spec")).history_limit
     except SpecError:
         keep = DEFAULT_HISTORY_LIMIT
-    delete_run(ctx, isj, finished, ("Secret",))
+    delete_run(ctx, isj, finished, ENDED_RUN_KINDS)
     meta = isj["metadata"]
     runs = {int(job["metadata"]["labels"][LABEL_RUN]) for job in ctx.kube.list_jobs(meta["namespace"],
                                                                                       {LABEL_JOB: meta["name"]})
@@ -478,26 +533,40 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         patch.status.update(with_kstatus(body, reconcile(ctx, body, "resume"), now_iso()))
         ctx.metrics.observe(merged(body, patch.status))
 
-    @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
-                   registry=registry)
-    def worker_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
-        meta = body["metadata"]
-        with ctx.status_lock(meta["namespace"], meta["labels"][LABEL_JOB]):
-            isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
-            if isj is None or str((isj.get("status") or {}).get("run")) != meta["labels"][LABEL_RUN]:
-                return  # a pod of an older run, or of a deleted ImageSyncJob
+    def fold_active_run(namespace: str, isj_name: str, run_label: str,
+                        foreign: Callable[[Mapping[str, Any], Mapping[str, Any]], bool]) -> None:
+        """Fold the active run's pods and reports into its status after an event on one of its objects
+        (``foreign(isj, job)``: whether that object is not the run's own, so it changes nothing)."""
+        with ctx.status_lock(namespace, isj_name):
+            isj = ctx.kube.get_isj(namespace, isj_name)
+            if isj is None or str((isj.get("status") or {}).get("run")) != run_label:
+                return  # an object of an older run, or of a deleted ImageSyncJob
             if run_active(isj.get("status") or {}):
                 job = run_job(ctx, isj)
-                if job is None or foreign_pod(ctx, isj, body, job):
-                    return  # the run's Job is gone or not its own, or the pod is not the Job's: nothing new
-                pods = run_pods(ctx, isj, job)
-                folded = fold_live(isj, pods.reports, pods.phases)
-                conditions = workers_condition(isj, pods)
+                if job is None or foreign(isj, job):
+                    return  # the run's Job is gone or not its own, or the object is not the run's: nothing new
+                shards = run_shards(ctx, isj, job)
+                folded = fold_live(isj, shards.reports, shards.phases)
+                conditions = workers_condition(isj, shards)
                 if conditions is not None:
                     folded["conditions"] = conditions
-                ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"],
-                                          with_kstatus(isj, folded, now_iso()))
+                ctx.kube.patch_isj_status(namespace, isj["metadata"]["name"], with_kstatus(isj, folded, now_iso()))
                 ctx.metrics.observe(merged(isj, folded))
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
+                   registry=registry)
+    def worker_pod_changed(body: kopf.Body, **_: Any) -> None:
+        # Phases and why a pod cannot start (WorkersReady); the reports come from the report ConfigMap.
+        meta = body["metadata"]
+        fold_active_run(meta["namespace"], meta["labels"][LABEL_JOB], meta["labels"][LABEL_RUN],
+                        lambda isj, job: foreign_pod(ctx, isj, body, job))
+
+    @kopf.on.event("", "v1", "configmaps", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
+                   registry=registry)
+    def worker_report_changed(body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        fold_active_run(meta["namespace"], meta["labels"][LABEL_JOB], meta["labels"][LABEL_RUN],
+                        lambda isj, job: foreign_report(ctx, isj, body))
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -515,9 +584,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
                 return  # already folded (a re-delivered event) or an older run
             if run_job(ctx, isj, body) is not body:
                 return  # a Job that carries the run's labels but is not the run's own: it ends nothing
-            pods = run_pods(ctx, isj, body)
-            patch = finish_run(isj, outcome, pods.reports, pods.phases)
-            report_logins(ctx, isj, pods.reports)
+            shards = run_shards(ctx, isj, body)
+            patch = finish_run(isj, outcome, shards.reports, shards.phases)
+            report_logins(ctx, isj, shards.reports)
             after = merged(isj, patch)
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:

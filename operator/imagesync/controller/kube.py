@@ -20,6 +20,7 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
 
     @staticmethod
     def _json(response: Any) -> Obj:
@@ -70,9 +71,13 @@ class Kube:
         return self._list(self.batch.list_namespaced_job, namespace, labels)
 
     def _calls(self, kind: str) -> tuple[Any, Any]:
-        """(create, delete) for the kinds the operator writes: its per-run Secrets and Jobs."""
+        """(create, delete) for the kinds the operator writes: its per-run Secrets, Jobs, report ConfigMaps
+        and the Roles and RoleBindings that let a run's workers patch their report ConfigMap."""
         calls = {"Secret": (self.core.create_namespaced_secret, self.core.delete_namespaced_secret),
-                 "Job": (self.batch.create_namespaced_job, self.batch.delete_namespaced_job)}
+                 "Job": (self.batch.create_namespaced_job, self.batch.delete_namespaced_job),
+                 "ConfigMap": (self.core.create_namespaced_config_map, self.core.delete_namespaced_config_map),
+                 "Role": (self.rbac.create_namespaced_role, self.rbac.delete_namespaced_role),
+                 "RoleBinding": (self.rbac.create_namespaced_role_binding, self.rbac.delete_namespaced_role_binding)}
         if kind not in calls:
             raise ValueError(f"cannot write {kind}")
         return calls[kind]

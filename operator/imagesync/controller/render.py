@@ -1,4 +1,5 @@
-"""ImageSyncJob -> the run's Secret and batch/v1 Job manifests (pure, deterministic).
+"""ImageSyncJob -> the run's manifests (pure, deterministic): its Secret and batch/v1 Job, and its report
+ConfigMap with the Role and RoleBinding that let the run's workers patch it and nothing else.
 
 Credentials go only into the Secret, which the Job mounts read-only: never into the Job's args, env or
 annotations.
@@ -21,7 +22,10 @@ API_VERSION = "imagesync.dev/v1alpha1"
 KIND = "ImageSyncJob"
 LABEL_JOB = "imagesync.dev/job"
 LABEL_RUN = "imagesync.dev/run"
-PROGRESS_ANNOTATION = "imagesync.dev/progress"
+# Each shard merge-patches its report into one key of the run's report ConfigMap (issue 11, finding 5):
+# the worker's only grant is patch on that one ConfigMap, never on Pods.
+REPORT_KEY_PREFIX = "shard-"
+RBAC_GROUP = "rbac.authorization.k8s.io"
 CONFIG_DIR = "/etc/imagesync/config"
 # Room for the pod suffixes Kubernetes appends to a Job's name (-<index>-<5 random>).
 MAX_NAME = 52
@@ -43,6 +47,16 @@ def run_name(isj_name: str, run: int) -> str:
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     suffix = f"-{digest}-r{run}"
     return isj_name[:MAX_NAME - len(suffix)].rstrip("-.") + suffix
+
+
+def report_name(isj_name: str, run: int) -> str:
+    """The run's report ConfigMap, and the Role and RoleBinding that let its workers patch it."""
+    return run_name(isj_name, run) + "-report"
+
+
+def report_key(index: int) -> str:
+    """The report ConfigMap's key of shard ``index``."""
+    return f"{REPORT_KEY_PREFIX}{index}"
 
 
 def owner_reference(isj: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,6 +115,38 @@ def render_config_secret(isj: Mapping[str, Any], run: int, spec: JobSpec, auth: 
     }
 
 
+def _run_metadata(isj: Mapping[str, Any], run: int, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": isj["metadata"]["namespace"], "labels": labels(isj, run),
+            "ownerReferences": [owner_reference(isj)]}
+
+
+def render_report_configmap(isj: Mapping[str, Any], run: int) -> dict[str, Any]:
+    """Empty: each shard adds its own key (``shard-<index>``) with a JSON merge patch."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _run_metadata(isj, run, report_name(isj["metadata"]["name"], run))}
+
+
+def render_report_role(isj: Mapping[str, Any], run: int) -> dict[str, Any]:
+    """patch on the run's report ConfigMap, by name, and nothing else: a worker cannot touch Pods, other
+    runs' reports or any other object (RBAC grants by name only for get, update, patch and delete)."""
+    name = report_name(isj["metadata"]["name"], run)
+    return {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "Role", "metadata": _run_metadata(isj, run, name),
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name], "verbs": ["patch"]}]}
+
+
+def render_report_rolebinding(isj: Mapping[str, Any], run: int, service_account: str) -> dict[str, Any]:
+    """The report Role, bound to the ServiceAccount the run's worker pods run as."""
+    name = report_name(isj["metadata"]["name"], run)
+    return {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "RoleBinding", "metadata": _run_metadata(isj, run, name),
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account,
+                          "namespace": isj["metadata"]["namespace"]}]}
+
+
+def worker_service_account(spec: JobSpec, settings: OperatorSettings) -> str:
+    return spec.worker.service_account or settings.worker_service_account
+
+
 def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: OperatorSettings) -> dict[str, Any]:
     name = run_name(isj["metadata"]["name"], run)
     run_labels = labels(isj, run)
@@ -108,8 +154,12 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
     env = [
         {"name": "IMAGESYNC_CONFIG_DIR", "value": CONFIG_DIR},
         {"name": "IMAGESYNC_SHARDS", "value": str(shards)},
-        {"name": "IMAGESYNC_REPORT", "value": "pod-annotation"},
+        {"name": "IMAGESYNC_REPORT", "value": "configmap"},
+        {"name": "IMAGESYNC_REPORT_CONFIGMAP", "value": report_name(isj["metadata"]["name"], run)},
+        # The pod's name and uid go into each report: the operator counts a report only when it names a
+        # pod of the run's Job at that shard, and tells a retried shard's attempts apart.
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     container: dict[str, Any] = {
@@ -126,7 +176,7 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
         {kind: dict(values) for kind, values in DEFAULT_WORKER_RESOURCES.items()}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "serviceAccountName": spec.worker.service_account or settings.worker_service_account,
+        "serviceAccountName": worker_service_account(spec, settings),
         # fsGroup: the kubelet writes Secret files as root; group 65532 plus mode 0440 lets the worker read
         # them and no one else (without it a real kubelet's files were unreadable: "Permission denied").
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,

@@ -1,14 +1,20 @@
-"""Worker reports are untrusted input (issue 11, point 4): which pods count, and what a report may say.
+"""Worker reports are untrusted input (issue 11, points 4 and 5): which reports count, and what one may say.
 
-A report comes from the ``imagesync.dev/progress`` annotation of a Pod. Anyone who can create or patch
-Pods in the namespace can write one, so before a report reaches the status:
+Each shard of a run merge-patches its report (JSON) into its own key, ``shard-<index>``, of the run's
+report ConfigMap (``<run>-report``, controller/render.py). The run's workers may patch that ConfigMap and
+nothing else, but they are still untrusted (a custom worker image, a compromised worker), and anyone who
+may write ConfigMaps in the namespace can write one. So before a report reaches the status:
 
-- the Pod must be controlled by the run's Job (``ownerReferences``: ``controller: true``, kind Job, the
-  Job's uid), and the Job by the ImageSyncJob; labels alone prove nothing;
+- the ConfigMap must be the one the operator created for the run: its name, and ``ownerReferences``
+  naming the ImageSyncJob as controller (``controller: true``, kind ImageSyncJob, its uid); the run's
+  Job must be controlled by the ImageSyncJob too; labels alone prove nothing;
+- the key must be ``shard-<index>`` for an index of the Job (0 to completions - 1, no leading zeros);
+- the report must name (``pod: {name, uid}``) a pod controlled by the run's Job at that index: a report
+  written by a pod of the shard, or by its retry (the key holds the latest attempt's);
 - the report must parse, as a JSON object, into :class:`ShardReport`: counts are non-negative ints up to
   :data:`MAX_COUNT`, bytes and rates finite non-negative numbers up to :data:`MAX_BYTES` /
   :data:`MAX_RATE` (NaN, Infinity and 400-digit numbers are refused, never converted), ``done`` is a
-  bool, a ``shard`` that is present names the Pod's own completion index. Anything else makes the whole
+  bool, a ``shard`` that is present names the key's own index. Anything else makes the whole
   report invalid: it is logged and ignored, the previous numbers of that shard are simply not there.
 - text and lists are bounded rather than refused (a real worker's failure reason may be long): strings
   are clipped (:data:`MAX_REF`, :data:`MAX_REASON`), at most :data:`MAX_FAILED_IMAGES` failures and
@@ -33,7 +39,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# A 256 KiB annotation is the most the API server stores (for all annotations of an object together).
+# What one shard's report may take: the worker stays far below (worker/report.py's budget); a ConfigMap
+# holds at most 1 MiB in all.
 MAX_RAW = 256 * 1024
 MAX_COUNT = 100_000_000  # images or blobs of one shard
 MAX_BYTES = 2**53  # 8 PiB per shard: exact in a float, and a sum over shards still fits an int64
@@ -46,6 +53,9 @@ MAX_LOG = 200  # what of a bad value a log line shows
 MAX_QUOTAS = 32  # registries whose announced quota one report may carry
 MAX_HOST = 255  # a registry host[:port]
 MAX_WINDOW = 366 * 86400.0  # seconds: a quota window longer than a year is clipped to one
+MAX_POD_NAME = 253  # a Pod's name (a DNS subdomain)
+MAX_UID = 64  # a uid (Kubernetes writes 36 characters)
+SHARD_KEY_PREFIX = "shard-"  # controller/render.py writes the same prefix (REPORT_KEY_PREFIX)
 MAX_PLAN_ENTRIES = 20  # pairs a dry run's plan lists (its counts cover them all)
 MAX_PLAN_NOTES = 8
 PLAN_STATES = ("up-to-date", "copy", "skipped", "failed")
@@ -99,6 +109,9 @@ class ShardReport:
     logins_rejected: tuple[str, ...] = ()
     registry_quotas: tuple[RegistryQuota, ...] = ()
     dropped: tuple[str, ...] = field(default=(), compare=False)  # what was clipped or dropped, for the log
+    # The pod that wrote the report, as the report says (the handlers check it against the Job's pods).
+    pod_name: str | None = None
+    pod_uid: str | None = None
     plan: Mapping[str, Any] | None = None  # a dry run's plan (spec.dryRun), validated by _plan
     prune: Mapping[str, Any] | None = None  # what spec.prune deleted or would delete, validated by _prune
 
@@ -227,6 +240,32 @@ def _quotas(data: Mapping[str, Any], dropped: list[str]) -> tuple[RegistryQuota,
     return tuple(kept)
 
 
+def _pod(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The ``pod: {name, uid}`` the report names, or (None, None) when it names none."""
+    value = data.get("pod")
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        raise ReportError(f"pod is not an object: {_show(value)}")
+    name, uid = value.get("name"), value.get("uid")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_POD_NAME:
+        raise ReportError(f"pod name is not a pod's name: {_show(name)}")
+    if not isinstance(uid, str) or not 0 < len(uid) <= MAX_UID:
+        raise ReportError(f"pod uid is not a uid: {_show(uid)}")
+    return name, uid
+
+
+def shard_of_key(key: str, shards: int) -> int | None:
+    """The shard index a report ConfigMap key names (``shard-<index>``, 0 <= index < ``shards``, written
+    as the worker writes it), or None for any other key."""
+    digits = key.removeprefix(SHARD_KEY_PREFIX)
+    if digits == key or not digits.isascii() or not digits.isdigit() or len(digits) > 6 \
+            or (digits != "0" and digits.startswith("0")):
+        return None
+    index = int(digits)
+    return index if index < shards else None
+
+
 def _plan(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
     """A dry run's ``plan`` (spec.dryRun): counts as the report's (ints up to MAX_COUNT, bytesToCopy up to
     MAX_BYTES), ``exact`` a bool, a state of PLAN_STATES per pair; notes and pairs capped, text clipped."""
@@ -292,10 +331,11 @@ def _prune(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None
 
 
 def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | None = None) -> ShardReport:
-    """The validated report in an annotation; :class:`ReportError` when it must be ignored.
+    """The validated report of one shard (a report ConfigMap's value); :class:`ReportError` when it must be
+    ignored.
 
     ``registries``: the registries whose credentials the run used (a login result for any other is
-    dropped). ``index``: the Pod's completion index (a report naming another shard is refused).
+    dropped). ``index``: the shard the key names (a report naming another shard is refused).
     """
     if len(raw) > MAX_RAW:
         raise ReportError(f"report of {len(raw)} bytes is larger than {MAX_RAW}")
@@ -318,7 +358,7 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
     if "shard" in data:
         shard = _count(data, "shard")
         if index is not None and shard != index:
-            raise ReportError(f"report of shard {shard} on the pod of shard {index}")
+            raise ReportError(f"report of shard {shard} under the key of shard {index}")
     failed: list[FailedImage] = []
     for item in _list(data, "failedImages", MAX_FAILED_IMAGES, dropped):
         if not isinstance(item, dict):
@@ -327,13 +367,14 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
             _string(item.get("source", ""), "failedImages source", MAX_REF, dropped),
             _string(item.get("target", ""), "failedImages target", MAX_REF, dropped),
             _string(item.get("reason", ""), "failedImages reason", MAX_REASON, dropped)))
+    pod_name, pod_uid = _pod(data)
     return ShardReport(counts, bytes_copied, rate, done, tuple(failed),
                        _logins(data, "loginsAccepted", registries, dropped),
                        _logins(data, "loginsRejected", registries, dropped), _quotas(data, dropped),
-                       tuple(dropped), plan=plan, prune=_prune(data, dropped))
+                       tuple(dropped), pod_name=pod_name, pod_uid=pod_uid, plan=plan, prune=_prune(data, dropped))
 
 
-# -- which pods and jobs count --------------------------------------------------------------------
+# -- which pods, jobs and report ConfigMaps count -------------------------------------------------
 
 
 def controller_uid(obj: Mapping[str, Any], kind: str) -> str | None:
@@ -355,7 +396,7 @@ def run_registries(status: Mapping[str, Any]) -> frozenset[str]:
 
 
 class Once:
-    """Remembers the last ``size`` keys seen: a bad report or a foreign pod is logged once, not on
+    """Remembers the last ``size`` keys seen: a bad report or a foreign object is logged once, not on
     every event that re-reads it."""
 
     def __init__(self, size: int = 4096) -> None:

@@ -1,9 +1,10 @@
-"""How a worker tells the operator about its progress: an annotation on its own Pod.
+"""How a worker tells the operator about its progress: its key of the run's report ConfigMap.
 
-Least privilege: the worker's ServiceAccount may only get/patch Pods in its namespace; it reads no
-Secrets and writes no custom resources. The operator watches the Pods of its Jobs and folds every
-shard's annotation into the ImageSyncJob status. Plain httpx keeps kubernetes out of the worker image's
-start-up path.
+Least privilege (issue 11, finding 5): the worker's only right is patch on its run's report ConfigMap,
+granted by name in a Role the operator creates per run; it reads no Secrets through the API, writes no
+Pods and no custom resources. Each shard merge-patches its own key (``shard-<index>``) without a
+resourceVersion, so shards never conflict; the operator watches the ConfigMap and folds every shard's
+report into the ImageSyncJob status. Plain httpx keeps kubernetes out of the worker image's start-up path.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import httpx
 
 log = logging.getLogger(__name__)
 
-PROGRESS_ANNOTATION = "imagesync.dev/progress"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-# The API server refuses a Pod whose annotations together exceed 256 KiB: a report that grew past it
-# (thousands of failures, long registry messages) would stop reaching the operator at all. The report
-# lists at most REPORT_FAILED_IMAGES failures with clipped text and stays under REPORT_BUDGET bytes;
-# the counts (imagesFailed, failedImagesTotal) stay exact. The operator accepts up to 100 failures,
-# 1000-character reasons and 512-character references (controller/reports.py): these are within.
-REPORT_BUDGET = 128 * 1024
+# The API server refuses a ConfigMap whose data (keys and values together) exceeds 1 MiB: a report that
+# grew past its share (thousands of failures, long registry messages) would stop the run's reports from
+# reaching the operator at all. The report lists at most REPORT_FAILED_IMAGES failures with clipped text
+# and stays under its shard's budget (report_budget); the counts (imagesFailed, failedImagesTotal) stay
+# exact. The operator accepts up to 100 failures, 1000-character reasons and 512-character references
+# (controller/reports.py): these are within.
+REPORT_BUDGET = 128 * 1024  # the most one shard's report takes
+CONFIGMAP_DATA_LIMIT = 1024 * 1024  # the API server's limit for a ConfigMap's data
+# Kept free of reports: the keys (``shard-99``: 8 bytes, 800 for 100 shards) and room to spare.
+CONFIGMAP_RESERVE = 16 * 1024
 REPORT_FAILED_IMAGES = 50
 REPORT_REASON_CHARS = 1000
 REPORT_REF_CHARS = 512
@@ -42,10 +46,16 @@ def _clip(value: object, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def bounded_report(progress: Mapping[str, Any]) -> str:
-    """``progress`` as the annotation's JSON, bounded: failures capped in number and length, login lists
+def report_budget(shards: int) -> int:
+    """Bytes one shard's report may take so that ``shards`` reports fit one ConfigMap: REPORT_BUDGET, less
+    with more than 7 shards (spec.parallelism is at most 100: 10,321 bytes each, 1,032,890 with the keys)."""
+    return min(REPORT_BUDGET, (CONFIGMAP_DATA_LIMIT - CONFIGMAP_RESERVE) // max(1, shards))
+
+
+def bounded_report(progress: Mapping[str, Any], budget: int = REPORT_BUDGET) -> str:
+    """``progress`` as one shard's report (JSON), bounded: failures capped in number and length, login lists
     capped, registry quotas capped (finite numbers only), non-finite numbers written as 0 (JSON has no
-    NaN), and the whole under REPORT_BUDGET bytes
+    NaN), and the whole under ``budget`` bytes
     (failures are dropped from the end of the list until it fits)."""
     report: dict[str, Any] = {k: (0 if isinstance(v, float) and not math.isfinite(v) else v)
                               for k, v in progress.items()}
@@ -66,7 +76,7 @@ def bounded_report(progress: Mapping[str, Any]) -> str:
     while True:
         report["failedImages"] = listed
         text = json.dumps(report, separators=(",", ":"), allow_nan=False)
-        if len(text.encode()) <= REPORT_BUDGET or not listed:
+        if len(text.encode()) <= budget or not listed:
             return text
         listed = listed[:len(listed) // 2]
 
@@ -100,7 +110,7 @@ class Reporter(Protocol):
 
 
 class NullReporter:
-    """Outside a pod: nothing to annotate."""
+    """Outside a pod: nothing to report to."""
 
     async def report(self, progress: Mapping[str, Any]) -> None:
         return None
@@ -109,15 +119,31 @@ class NullReporter:
         return None
 
 
-class PodAnnotationReporter:
-    def __init__(self, api_url: str, namespace: str, pod: str, token: str | None,
-                 verify: ssl.SSLContext | bool) -> None:
+def shard_report(progress: Mapping[str, Any], budget: int) -> str:
+    """:func:`bounded_report`, and when its lists are empty and it is still over ``budget`` (a small budget,
+    many long registry names), without the registry quotas (advice only), then without the login results."""
+    text = bounded_report(progress, budget)
+    for dropped in (("registryQuotas",), ("registryQuotas", "loginsAccepted", "loginsRejected")):
+        if len(text.encode()) <= budget:
+            break
+        text = bounded_report({k: v for k, v in progress.items() if k not in dropped}, budget)
+    return text
+
+
+class ConfigMapReporter:
+    """Merge-patches this shard's report into its key of the run's report ConfigMap, with the pod's name
+    and uid (the operator counts a report only when it names a pod of the run's Job at that shard)."""
+
+    def __init__(self, api_url: str, namespace: str, configmap: str, shard: int, pod: Mapping[str, str],
+                 budget: int, token: str | None, verify: ssl.SSLContext | bool) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.AsyncClient(base_url=api_url, headers=headers, verify=verify, timeout=10.0)
-        self._path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
+        self._path = f"/api/v1/namespaces/{namespace}/configmaps/{configmap}"
+        self._key, self._pod, self._budget = f"shard-{shard}", dict(pod), budget
 
     async def report(self, progress: Mapping[str, Any]) -> None:
-        body = {"metadata": {"annotations": {PROGRESS_ANNOTATION: bounded_report(progress)}}}
+        # No resourceVersion: a merge patch of one key never conflicts with the other shards' patches.
+        body = {"data": {self._key: shard_report({**progress, "pod": self._pod}, self._budget)}}
         try:
             response = await self._client.patch(
                 self._path, content=json.dumps(body),
@@ -134,19 +160,22 @@ class PodAnnotationReporter:
 
 
 def reporter_from_env(env: Mapping[str, str] = os.environ) -> Reporter:
-    """The reporter a pod's environment asks for (``IMAGESYNC_REPORT=pod-annotation``)."""
-    if env.get("IMAGESYNC_REPORT") != "pod-annotation":
+    """The reporter a pod's environment asks for (``IMAGESYNC_REPORT=configmap``, with
+    ``IMAGESYNC_REPORT_CONFIGMAP``, ``POD_NAME``, ``POD_UID``, ``POD_NAMESPACE``; the shard from
+    ``JOB_COMPLETION_INDEX`` and the budget from ``IMAGESYNC_SHARDS``, both checked by the worker first)."""
+    if env.get("IMAGESYNC_REPORT") != "configmap":
         return NullReporter()
-    pod, namespace = env.get("POD_NAME"), env.get("POD_NAMESPACE")
+    configmap, namespace = env.get("IMAGESYNC_REPORT_CONFIGMAP"), env.get("POD_NAMESPACE")
+    pod = {"name": env.get("POD_NAME", ""), "uid": env.get("POD_UID", "")}
     sa_dir = Path(env.get("IMAGESYNC_SA_DIR", SERVICE_ACCOUNT_DIR))
     api = env.get("IMAGESYNC_KUBE_API")
     if not api and env.get("KUBERNETES_SERVICE_HOST"):
         host = env["KUBERNETES_SERVICE_HOST"]
         host = f"[{host}]" if ":" in host else host
         api = f"https://{host}:{env.get('KUBERNETES_SERVICE_PORT', '443')}"
-    if not (pod and namespace and api):
-        log.warning("IMAGESYNC_REPORT=pod-annotation but POD_NAME, POD_NAMESPACE or the API server address "
-                    "is missing: progress will not be reported")
+    if not (configmap and namespace and pod["name"] and pod["uid"] and api):
+        log.warning("IMAGESYNC_REPORT=configmap but IMAGESYNC_REPORT_CONFIGMAP, POD_NAME, POD_UID, POD_NAMESPACE "
+                    "or the API server address is missing: progress will not be reported")
         return NullReporter()
     token_file = sa_dir / "token"
     token = token_file.read_text().strip() if token_file.is_file() else None
@@ -154,4 +183,5 @@ def reporter_from_env(env: Mapping[str, str] = os.environ) -> Reporter:
     verify: ssl.SSLContext | bool = True
     if api.startswith("https://") and ca_file.is_file():
         verify = ssl.create_default_context(cafile=str(ca_file))
-    return PodAnnotationReporter(api, namespace, pod, token, verify)
+    shard, shards = int(env.get("JOB_COMPLETION_INDEX") or 0), int(env.get("IMAGESYNC_SHARDS") or 1)
+    return ConfigMapReporter(api, namespace, configmap, shard, pod, report_budget(shards), token, verify)
