@@ -292,13 +292,17 @@ class Elector:
         this replica holds the Lease (True) or ``stop`` is set (False)."""
         stop = stop or asyncio.Event()
         waiting_for: str | None = None
+        last_failure: str | None = None  # said once, not at every try
         while not stop.is_set():
             try:
                 if await self.try_once():
                     return True
             except CALL_ERRORS as exc:
-                logger.warning("standing by: cannot read or take %s: %s", self.where, failure(exc))
+                if failure(exc) != last_failure:
+                    logger.warning("standing by: cannot read or take %s: %s", self.where, failure(exc))
+                last_failure = failure(exc)
             else:
+                last_failure = None
                 holder = self.observed.record.holder if self.observed and self.observed.record else ""
                 if holder and holder != waiting_for:
                     logger.info("standing by: %s is held by %s", self.where, holder)
