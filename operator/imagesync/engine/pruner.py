@@ -44,8 +44,10 @@ from imagesync.engine.rules import ImagePair, Rule, TargetSpec
 
 log = logging.getLogger(__name__)
 
-# HEADs in flight per repository while reading digests.
+# HEADs in flight per repository while reading digests, and repositories pruned at once (a namespace rule
+# may expand to thousands).
 DIGEST_READS = 8
+REPOSITORIES_AT_ONCE = 8
 REASON_MAX_CHARS = 1000
 
 
@@ -91,8 +93,13 @@ class Pruner:
             self._entries.append(RepositoryPrune(str(repo), sorted({rule.text for rule, _, _ in rules}), [], [],
                                                  "not pruned: a rule targeting it could not be planned (its tags "
                                                  "are unknown)"))
-        await asyncio.gather(*(self._prune_repository(repo, rules, copied.get(repo, set()))
-                               for repo, rules in scoped.items()))
+        slots = asyncio.Semaphore(REPOSITORIES_AT_ONCE)
+
+        async def one(repo: Repository, rules: list[tuple[Rule, PruneScope, Collection[str]]]) -> None:
+            async with slots:
+                await self._prune_repository(repo, rules, copied.get(repo, set()))
+
+        await asyncio.gather(*(one(repo, rules) for repo, rules in scoped.items()))
         return self.report_so_far("")
 
     def report_so_far(self, stopped: str) -> PruneReport:
