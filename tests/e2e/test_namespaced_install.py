@@ -104,8 +104,11 @@ def test_single_namespace_operator_runs_its_namespace_and_nothing_else(
 
     # Its rights end at the namespace it watches (and its own Pod and leader-election Lease).
     assert can_i("get", "secrets", watched) and can_i("create", "jobs", watched)
+    # Each run's report Role: created there, which it may because it holds patch on ConfigMaps there.
+    assert can_i("create", "roles", watched) and can_i("patch", "configmaps", watched)
     for namespace in ("default", "kube-system"):
-        for verb, resource in (("get", "secrets"), ("create", "secrets"), ("create", "jobs"), ("list", "pods")):
+        for verb, resource in (("get", "secrets"), ("create", "secrets"), ("create", "jobs"), ("list", "pods"),
+                               ("create", "roles"), ("create", "rolebindings"), ("patch", "configmaps")):
             assert not can_i(verb, resource, namespace), (verb, resource, namespace)
     assert can_i("get", "pods", OPERATOR_NAMESPACE) and not can_i("get", "secrets", OPERATOR_NAMESPACE)
     assert can_i("update", "leases/imagesync-operator", OPERATOR_NAMESPACE)

@@ -54,6 +54,7 @@ LEASE_NAME = "imagesync-operator"  # the installed replicas' leader election (do
 GROUP, VERSION = "imagesync.dev", "v1alpha1"
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
 UNPULLABLE = "does-not-exist"  # the played kubelet fails to pull an image whose name holds this
+PROBE_AGENT = "imagesync-e2e-probe"  # the User-Agent of requests a test makes as a worker, refused on purpose
 
 
 # -- cluster access ------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def namespace(api: Any) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     apply(api, load_yaml_dir(ROOT / "crds"))
     wait_crds_established(api)
-    # The operator's RBAC as deploy/ ships it, and the worker's per-namespace Role, with every
+    # The operator's RBAC as deploy/ ships it, and the workers' ServiceAccount, with every
     # ServiceAccount living in the test namespace. The ClusterRole/Binding get per-run names so
     # parallel runs against one cluster do not rebind each other's accounts.
     suffix = name.removeprefix("imagesync-e2e-")
@@ -1032,6 +1033,86 @@ async def test_pods_run_confined_under_the_container_runtime(api: Any, cluster: 
 # -- least privilege, measured: last in this file, so it sees every call the runs above made ----------
 
 
+def worker_can_i(namespace: str, verb: str, resource: str) -> bool:
+    """``kubectl auth can-i`` as the workers' ServiceAccount (the API server's own RBAC answers)."""
+    done = subprocess.run(["kubectl", "--kubeconfig", os.environ["KUBECONFIG"], "auth", "can-i", verb, resource,
+                           "-n", namespace, "--as", f"system:serviceaccount:{namespace}:imagesync-worker"],
+                          capture_output=True, text=True, timeout=60)
+    answer = done.stdout.strip()
+    assert answer in ("yes", "no"), (verb, resource, done.stdout, done.stderr)
+    return answer == "yes"
+
+
+@pytest.mark.usefixtures("operator")
+async def test_a_worker_may_patch_its_own_run_s_report_and_nothing_else(api: Any, cluster: Cluster,
+                                                                        registries: Registries) -> None:
+    """Issue 11 finding 5, by the real API server's RBAC: the workers' ServiceAccount may patch its active
+    run's report ConfigMap and nothing else: not another run's report, not a Pod (its own or another), not
+    the Role that grants it, nothing to read. Two runs whose pods never start keep their objects."""
+    import kubernetes
+
+    cluster.credentials_for(registries)
+    unpullable = f"{WORKER_IMAGE.rpartition(':')[0]}:{UNPULLABLE}"
+    own, other = "probe-own", "probe-other"
+    for name in (own, other):
+        cluster.create("imagesyncjobs", name, {"images": {
+            f"{registries.source_host}/probe/app:1": f"{registries.target_host}/probe/app"},
+            "worker": {"image": unpullable}})
+    rbac = kubernetes.client.RbacAuthorizationV1Api(cluster.api)
+
+    def run_objects(name: str) -> Any:
+        pods = cluster.core.list_namespaced_pod(cluster.namespace, label_selector=f"imagesync.dev/job={name}").items
+        names = {b.metadata.name for b in rbac.list_namespaced_role_binding(cluster.namespace).items}
+        return pods if pods and f"{name}-r1-report" in names else None
+    own_pod = (await cluster.wait(f"{own}: a pod and its report RoleBinding", lambda: run_objects(own)))[0]
+    other_pod = (await cluster.wait(f"{other}: a pod and its report RoleBinding", lambda: run_objects(other)))[0]
+    own_report, other_report = f"{own}-r1-report", f"{other}-r1-report"
+    assert own_pod.spec.service_account_name == "imagesync-worker"
+
+    namespace = cluster.namespace
+    assert worker_can_i(namespace, "patch", f"configmaps/{own_report}")
+    for verb, resource in (("patch", f"configmaps/{other_report}"), ("patch", "configmaps"),
+                           ("get", f"configmaps/{own_report}"), ("update", f"configmaps/{own_report}"),
+                           ("delete", f"configmaps/{own_report}"), ("create", "configmaps"),
+                           ("patch", "pods"), ("patch", f"pods/{own_pod.metadata.name}"), ("update", "pods"),
+                           ("get", "pods"), ("create", "pods"), ("patch", "pods/status"), ("get", "secrets"),
+                           ("patch", f"roles/{own_report}"), ("patch", "jobs"), ("patch", "imagesyncjobs")):
+        assert not worker_can_i(namespace, verb, resource), (verb, resource)
+
+    # The same with real requests, authenticated by a token of the workers' ServiceAccount.
+    token = service_account_token(api, namespace, "imagesync-worker")
+    base = api.configuration
+    configuration = kubernetes.client.Configuration()
+    configuration.host, configuration.ssl_ca_cert, configuration.verify_ssl = \
+        base.host, base.ssl_ca_cert, base.verify_ssl
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    with kubernetes.client.ApiClient(configuration) as worker_client:
+        worker_client.user_agent = PROBE_AGENT  # the audit test leaves these requests out
+        core = kubernetes.client.CoreV1Api(worker_client)
+        worker_rbac = kubernetes.client.RbacAuthorizationV1Api(worker_client)
+        # A report naming no pod: the operator ignores it (and the run's pods never start anyway).
+        core.patch_namespaced_config_map(own_report, namespace, {"data": {"shard-0": "{}"}})
+        attempts: list[tuple[str, Callable[[], Any]]] = [
+            ("another run's report", lambda: core.patch_namespaced_config_map(
+                other_report, namespace, {"data": {"shard-0": "{}"}})),
+            ("its own pod", lambda: core.patch_namespaced_pod(
+                own_pod.metadata.name, namespace, {"metadata": {"labels": {"forged": "true"}}})),
+            ("another run's pod", lambda: core.patch_namespaced_pod(
+                other_pod.metadata.name, namespace, {"spec": {"activeDeadlineSeconds": 1}})),
+            ("the Role that grants it", lambda: worker_rbac.patch_namespaced_role(
+                own_report, namespace, {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]})),
+            ("a new report ConfigMap", lambda: core.create_namespaced_config_map(
+                namespace, {"metadata": {"name": "probe-forged"}, "data": {}})),
+        ]
+        for what, attempt in attempts:
+            with pytest.raises(kubernetes.client.ApiException) as refused:
+                attempt()
+            assert refused.value.status == 403, (what, refused.value.status, refused.value.body)
+    assert "forged" not in (cluster.core.read_namespaced_pod(own_pod.metadata.name, namespace).metadata.labels or {})
+    for name in (own, other):
+        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "imagesyncjobs", name)
+
+
 def granted(documents: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str, str]]:
     """(apiGroup, resource[/subresource], verb) triples a Role or ClusterRole of deploy/ grants."""
     (role,) = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
@@ -1041,7 +1122,11 @@ def granted(documents: list[dict[str, Any]], kind: str, name: str) -> set[tuple[
 
 def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: str) -> None:
     """The API server's audit log of this module's runs (every request of a ServiceAccount): each call the
-    operator and the workers made was granted by deploy/'s RBAC, none was refused, and no grant went unused."""
+    operator and the workers made was granted by deploy/'s RBAC (the workers' by the per-run Role the
+    operator renders), none was refused (the test above's requests as a worker are left out: they are
+    refused on purpose), and no grant went unused."""
+    from imagesync.controller.render import render_report_role
+
     path = os.environ.get("IMAGESYNC_E2E_AUDIT_LOG")
     if not path:
         pytest.skip("needs the API server's audit log (IMAGESYNC_E2E_AUDIT_LOG; tests/e2e/local-cluster.sh has one)")
@@ -1054,27 +1139,32 @@ def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: 
         user, ref = event["user"]["username"], event.get("objectRef") or {}
         if user not in calls or not ref.get("resource"):  # other accounts; discovery and /version
             continue
+        if event.get("userAgent") == PROBE_AGENT:  # the test above, as a worker, refused on purpose
+            continue
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         call = (ref.get("apiGroup", ""), resource, event["verb"])
         calls[user].add(call)
         if (event.get("responseStatus") or {}).get("code") == 403:
             refused.append((user, call))
     deploy = load_yaml_dir(ROOT / "deploy")
-    # Grants for paths this module does not take, each exercised elsewhere: a RegistryCredential's CA
-    # bundle from a ConfigMap (the kmock flow tests); kopf watches namespaces only when told which to
-    # watch (the played-kubelet stage's operator is; the installed one watches all); it reads its own Pod
-    # only when it runs in one (installed).
-    elsewhere = {("", "configmaps", "get")}
+    # Grants for paths this module does not take, each exercised elsewhere: kopf watches namespaces only
+    # when told which to watch (the played-kubelet stage's operator is; the installed one watches all); it
+    # reads its own Pod only when it runs in one (installed). And one it never uses: patch on ConfigMaps,
+    # which RBAC's escalation check requires of whoever creates the per-run Role that grants it.
+    elsewhere = {("", "configmaps", "patch")}
     # The Lease only when it runs as the Deployment (leader election is off for the in-process operator).
     election = granted(deploy, "Role", "imagesync-operator-leader-election")
     if INSTALLED:
         elsewhere |= {("", "namespaces", "list"), ("", "namespaces", "watch")}
     else:
         elsewhere |= {("", "pods", "get")} | election
+    # The workers' only grant: the Role the operator creates per run (patch on that run's report ConfigMap).
+    report_role = render_report_role({"metadata": {"name": "any", "namespace": namespace, "uid": "any"}}, 1)
+    worker_grants = granted([report_role], "Role", report_role["metadata"]["name"])
     assert calls[operator] and calls[worker], "the runs above made calls as both accounts"
     assert not refused, refused
     for user, kind, grants in ((operator, "ClusterRole", granted(deploy, "ClusterRole", "imagesync-operator")
-                                | election), (worker, "Role", granted(deploy, "Role", "imagesync-worker"))):
+                                | election), (worker, "Role", worker_grants)):
         assert calls[user] <= grants, f"{user} made calls its {kind} does not grant: {calls[user] - grants}"
         unused = grants - calls[user] - elsewhere
         assert not unused, f"{kind} grants {user} more than it used: {sorted(unused)}"
