@@ -291,3 +291,27 @@ async def test_upload_location_relative_or_on_another_host(where: str, registry:
     assert len(status_gets(target)) == 1 and len(patches(target)) >= 3
     expected_host = target.host if where == "relative" else f"localhost:{target.port}"
     assert {r.headers.get("host") for r in followed} == {expected_host}
+
+
+async def test_a_chunk_acknowledged_but_dropped_is_sent_again(registry: RegistryProcess, registry2: RegistryProcess,
+                                                              tmp_path: Path) -> None:
+    """A registry that answers a chunk 202 but keeps its session where it was (reported of ECR, with a Range that
+    does not advance: aws/containers-roadmap#2831): the session is asked, and the chunk sent again."""
+    image = seed.push_image(registry, "quirk/dropped", "1", layers=(30 * MiB,), seed="dropped")
+    dropped: list[Request] = []
+
+    def answer(request: Request) -> Reply | None:
+        if request.method != "PATCH" or dropped or not request.headers.get("content-range", "").startswith(
+                f"{12 * MiB}-"):
+            return None
+        dropped.append(request)  # the second chunk: "accepted", never forwarded
+        return Reply(202, [("Location", request.target), ("Range", f"0-{12 * MiB - 1}")])
+
+    rule = ChunkRule(12 * MiB, announce=True)
+    with CutProxy(registry2.port or 0, answer=answer, rewrite=rule.rewrite) as target:
+        stats = await sync_through(tmp_path, registry.host, target.host,
+                                   {f"{registry.host}/quirk/dropped:1": f"{target.host}/quirk/dropped"})
+    assert stats.failed() == [], stats.failed()
+    assert_arrived(registry2, image, "quirk/dropped")
+    assert len(dropped) == 1 and len(status_gets(target)) == 1
+    assert [r.length for r in patches(target)] == [12 * MiB, 12 * MiB, 12 * MiB, 6 * MiB]

@@ -362,8 +362,8 @@ class _Upload:
         self._new_location(headers)
         reported = _offset(headers.get("range"), expected)
         if reported is not None and reported != expected:
-            raise RegistryError(f"{self.what}: the registry holds {reported} bytes after we sent {expected}",
-                                code="BLOB_UPLOAD_INVALID", retryable=True)
+            # ECR has been seen dropping later chunks while answering 202: ask the session where it stands.
+            raise _Broken(f"the session holds {reported} bytes after we sent {expected}")
         self.offset, self.pending = expected, []
         self.feed.forget_before(expected)
 
