@@ -26,13 +26,16 @@ import kmock
 import kubernetes
 import pytest
 import yaml
-from kube.conftest import Cluster
+from kube.conftest import Cluster, emulator_registry
 from kube.emulator import Emulator
 from kube.objects import NAMESPACE, isj
 from kube.test_metrics_flow import free_port
 
+from imagesync.controller.handlers import Context
+from imagesync.controller.kube import Kube
 from imagesync.controller.leader import Elector, KubeLeases, LeadershipLost, LeaseRecord
-from imagesync.controller.settings import LeaseTimings
+from imagesync.controller.main import run
+from imagesync.controller.settings import LeaseTimings, OperatorSettings
 
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/imagesync-operator"
 FAST = LeaseTimings(lease_duration=2, renew_deadline=1.2, retry_period=0.2)
@@ -189,6 +192,24 @@ async def test_a_leader_cut_off_from_the_api_server_gives_up_at_the_renew_deadli
         with pytest.raises(LeadershipLost, match=r"not renewed for 1\.2s"):
             await asyncio.wait_for(leader.hold(), LIMIT)
     assert not leader.leading
+
+
+async def test_a_standby_told_to_stop_ends_without_starting_kopf_or_writing(
+        cluster: Cluster, api: kubernetes.client.ApiClient) -> None:
+    leases = KubeLeases(api, NAMESPACE)
+    await leases.create(LeaseRecord(holder="elsewhere_1", lease_duration=600))
+    before = await read(cluster, LEASE_PATH)
+    ctx = Context(Kube(api), OperatorSettings(worker_image="imagesync:test", metrics_port=0, health_port=0))
+    standby = elector(api, "b_2")
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run(emulator_registry(cluster, ctx), ctx, standby, standalone=True,
+                                   stop_flag=stop, ready_flag=ready))
+    while standby.observed is None:  # it has read the Lease: standing by
+        await asyncio.sleep(0.05)
+    stop.set()  # as SIGTERM does while it stands by
+    await asyncio.wait_for(task, LIMIT)
+    assert not ready.is_set() and not standby.leading
+    assert await read(cluster, LEASE_PATH) == before  # not even a resourceVersion moved
 
 
 async def test_a_stale_write_gets_409_and_changes_nothing(cluster: Cluster, api: kubernetes.client.ApiClient) -> None:
