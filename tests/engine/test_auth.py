@@ -52,14 +52,25 @@ def test_tls_registry_trusted_through_ca_file(tls_registry: RegistryProcess, reg
 
 def test_tls_registry_with_global_ca_flag(tls_registry: RegistryProcess, registry: RegistryProcess,
                                           tmp_path: Path) -> None:
-    seed.push_image(tls_registry, "secure/flag", "1", seed="flag")
+    image = seed.push_image(tls_registry, "secure/flag", "1", layers=(70_000,), seed="flag")
     assert tls_registry.ca_file is not None
     auth = {registry.host: auth_entry(registry)}
     if tls_registry.username:
         auth[tls_registry.host] = {"username": tls_registry.username, "password": tls_registry.password}
     code, result = run_sync(tmp_path, {f"{tls_registry.host}/secure/flag:1": f"{registry.host}/flag/app"},
-                            auth, "--ca-file", str(tls_registry.ca_file))
+                            auth, "--ca-file", str(tls_registry.ca_file), name="from-tls")
     assert code == 0, result
+    assert [s["digest"] for s in result["syncedImages"]] == [image.digest]
+    assert seed.get_manifest(registry, "flag/app", "1")[2] == image.digest
+    for blob in image.blobs:
+        assert seed.blob_sha256(registry, "flag/app", blob.digest) == blob.digest
+    # And into the TLS registry, trusted through the same flag.
+    mark = tls_registry.log_mark()
+    code, result = run_sync(tmp_path, {f"{registry.host}/flag/app:1": f"{tls_registry.host}/back/app"},
+                            auth, "--ca-file", str(tls_registry.ca_file), name="to-tls")
+    assert code == 0, result
+    assert seed.get_manifest(tls_registry, "back/app", "1")[2] == image.digest
+    assert ("PUT", "/v2/back/app/manifests/1") in [(r.method, r.path) for r in tls_registry.request_log(mark)]
 
 
 def test_tls_registry_without_the_ca_is_refused(tls_registry: RegistryProcess, registry: RegistryProcess,
