@@ -63,9 +63,11 @@ def test_parse_rate_refuses_with_one_clear_error(text: str) -> None:
 
 def test_cli_flag_refuses_a_bad_rate(capsys: pytest.CaptureFixture[str]) -> None:
     from imagesync.cli.main import build_parser
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["sync", "--limit-rate", "50 parsecs"])
-    assert "is not a rate" in capsys.readouterr().err
+    assert exit_info.value.code == 2  # argparse's usage error, as for every bad flag value
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "argument --limit-rate: " in line and "'50 parsecs' is not a rate" in line, line
     assert build_parser().parse_args(["sync", "--limit-rate", "50MiB/s"]).limit_rate == 50 * MiB
 
 
