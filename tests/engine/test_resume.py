@@ -315,3 +315,28 @@ async def test_a_chunk_acknowledged_but_dropped_is_sent_again(registry: Registry
     assert_arrived(registry2, image, "quirk/dropped")
     assert len(dropped) == 1 and len(status_gets(target)) == 1
     assert [r.length for r in patches(target)] == [12 * MiB, 12 * MiB, 12 * MiB, 6 * MiB]
+
+
+async def test_a_refused_streamed_upload_falls_back_to_chunks(registry: RegistryProcess, registry2: RegistryProcess,
+                                                              tmp_path: Path) -> None:
+    """A registry (or its front) that refuses a PATCH longer than 16 MiB (413): the blob goes in 8 MiB chunks, in the
+    same session, and so does the next big blob to that registry, without trying to stream it first."""
+    first = seed.push_image(registry, "quirk/refused", "1", layers=(20 * MiB,), seed="refused1")
+    second = seed.push_image(registry, "quirk/refused", "2", layers=(20 * MiB,), seed="refused2")
+
+    def answer(request: Request) -> Reply | None:
+        if request.method == "PATCH" and request.length > 16 * MiB:
+            return Reply(413, [("Content-Type", "application/json")],
+                         b'{"errors":[{"code":"SIZE_INVALID","message":"request entity too large"}]}')
+        return None
+
+    with CutProxy(registry2.port or 0, answer=answer) as target:
+        stats = await sync_through(tmp_path, registry.host, target.host,
+                                   {f"{registry.host}/quirk/refused:1": f"{target.host}/quirk/refused:1",
+                                    f"{registry.host}/quirk/refused:2": f"{target.host}/quirk/refused:2"},
+                                   proc=1)
+    assert stats.failed() == [], stats.failed()
+    assert_arrived(registry2, first, "quirk/refused")
+    assert_arrived(registry2, second, "quirk/refused")
+    assert [r.status for r in patches(target)] == [413, *[202] * 6]  # 8 + 8 + 4 MiB, twice
+    assert len(uploads_started(target)) == len(first.blobs) + len(second.blobs)
