@@ -180,7 +180,8 @@ def test_unknown_keys_are_ignored() -> None:
     assert set(report.as_dict()) == {"imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied",
                                      "blobsMounted", "blobsSkipped", "failedImagesTotal", "bytesCopied",
                                      "bytesPerSecond", "done", "failedImages", "loginsAccepted", "loginsRejected",
-                                     "referrersCopied", "referrersSkipped", "referrersFailed", "registryQuotas"}
+                                     "referrersCopied", "referrersSkipped", "referrersFailed", "registryQuotas",
+                                     "imagesSkippedUnsigned", "skippedImages"}
 
 
 # -- ownership ------------------------------------------------------------------------------------

@@ -550,7 +550,7 @@ async def test_sync_job_completes_with_exact_status_and_is_collected(cluster: Cl
             "progressSummary", "registryQuotas"} <= set(status), sorted(status)
     assert set(progress) == {"imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied",
                              "blobsMounted", "blobsSkipped", "bytesCopied", "bytesPerSecond", "percent",
-                             "referrersCopied", "referrersSkipped", "referrersFailed"}
+                             "referrersCopied", "referrersSkipped", "referrersFailed", "imagesSkippedUnsigned"}
     assert status["shards"] == [{"index": 0, "state": "Succeeded", "imagesTotal": 2, "imagesDone": 2,
                                  "imagesFailed": 0, "bytesCopied": progress["bytesCopied"]}]
     complete = condition(status, "Complete")

@@ -1,26 +1,22 @@
 """--only-signed and --signature-key: only signed images are copied; with a key, only verified ones.
 
-Signatures are made the way cosign makes them, by hand from its documented layout (SIGNATURE_SPEC): an ECDSA
-P-256 key pair generated with ``cryptography``, a simple-signing payload naming the image's digest, signed
-(SHA-256, ASN.1 DER, base64) into the ``dev.cosignproject.cosign/signature`` annotation of the payload layer,
-the manifest tagged ``sha256-<hex>.sig`` (cosign's default) or pushed with a ``subject`` and listed in the
-``sha256-<hex>`` fallback index (cosign's OCI 1.1 mode; docker-registry 2.8 has no referrers API, so the
+Signatures are made the way cosign makes them, by hand (tests/testbed/cosign.py): the ``.sig`` tag, or a
+referrer listed in the ``sha256-<hex>`` fallback index (docker-registry 2.8 has no referrers API, so the
 fallback index is what the referrer path reads here). The target is checked with raw GETs.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_helpers import auth_for, run_sync
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from imagesync.engine.manifest import OCI_INDEX, OCI_MANIFEST
+from imagesync.engine.manifest import OCI_MANIFEST
 from imagesync.engine.referrers import fallback_tag
 from imagesync.engine.signatures import (
     COSIGN_SIGNATURE_TYPE,
@@ -34,67 +30,10 @@ from imagesync.engine.signatures import (
     verify,
 )
 from testbed import seed
+from testbed.cosign import cosign_sign, list_referrer, new_key, public_pem, sign, signature_manifest, simple_signing
 from testbed.registry import RegistryProcess
 
 NOTATION = "application/vnd.cncf.notary.signature"
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def simple_signing(digest: str, reference: str = "registry.example/lib/app") -> bytes:
-    """cosign's payload: critical.identity/image/type, optional (cosign writes exactly this shape)."""
-    return json.dumps({"critical": {"identity": {"docker-reference": reference},
-                                    "image": {"docker-manifest-digest": digest},
-                                    "type": "cosign container image signature"},
-                       "optional": None}).encode()
-
-
-def sign(key: ec.EllipticCurvePrivateKey, payload: bytes) -> str:
-    return base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
-
-
-def signature_manifest(registry: RegistryProcess, repo: str, payload: bytes, signature: str,
-                       subject: seed.SeededImage | None = None) -> bytes:
-    """A cosign signature manifest (payload layer pushed); with ``subject``, cosign's OCI 1.1 form."""
-    layer = seed.push_blob(registry, repo, payload)
-    config = seed.push_blob(registry, repo, b"{}")
-    document: dict[str, Any] = {
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": config.size,
-                   "digest": config.digest},
-        "layers": [{"mediaType": SIMPLE_SIGNING, "size": layer.size, "digest": layer.digest,
-                    "annotations": {"dev.cosignproject.cosign/signature": signature}}],
-    }
-    if subject is not None:
-        document["artifactType"] = COSIGN_SIGNATURE_TYPE
-        document["subject"] = {"mediaType": subject.media_type, "digest": subject.digest,
-                               "size": len(subject.manifest)}
-    return seed.encode_json(document)
-
-
-def cosign_sign(registry: RegistryProcess, repo: str, image: seed.SeededImage, key: ec.EllipticCurvePrivateKey,
-                *, names: str | None = None) -> str:
-    """``cosign sign --key``: the ``.sig`` tag; ``names`` puts another digest in the payload."""
-    payload = simple_signing(names or image.digest, f"{registry.host}/{repo}")
-    manifest = signature_manifest(registry, repo, payload, sign(key, payload))
-    return seed.push_manifest(registry, repo, fallback_tag(image.digest) + ".sig", manifest, OCI_MANIFEST)
-
-
-def list_referrer(registry: RegistryProcess, repo: str, subject: str, manifest: bytes, artifact_type: str) -> str:
-    """Push a referrer by digest and list it in the ``sha256-<hex>`` index (a registry without the API)."""
-    digest = seed.push_manifest(registry, repo, seed.sha256_digest(manifest), manifest, OCI_MANIFEST)
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-             "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest),
-                            "artifactType": artifact_type}]}
-    seed.push_manifest(registry, repo, fallback_tag(subject), seed.encode_json(index), OCI_INDEX)
-    return digest
 
 
 def reasons(result: dict[str, Any]) -> dict[str, str]:

@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from imagesync.controller.spec import SecretKeyRef
 from imagesync.engine.config import auth_key_matches, check_tls_settings
 from imagesync.engine.errors import ConfigError, clip
 from imagesync.engine.reference import Repository
+from imagesync.engine.signatures import SignatureError, load_public_key
 
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 BASIC_AUTH = "kubernetes.io/basic-auth"
@@ -293,3 +295,47 @@ def auth_document(credentials: Sequence[ResolvedCredential]) -> AuthDocument:
             entry["caFile"] = file_name
         auth[credential.registry] = entry
     return AuthDocument(auth, ca_files, used)
+
+
+# A PEM public key is a few hundred bytes: a much longer value is a wrong key or a pasted file.
+MAX_SIGNATURE_KEY = 16 * 1024
+
+
+def signature_key_pems(refs: Sequence[SecretKeyRef], secrets: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """spec.signatureKeys -> the PEM public keys the worker verifies with, in order.
+
+    ``secrets``: each referenced Secret by name, None when it does not exist. The same opt-in as a
+    RegistryCredential's Secret (the label is checked before anything else of the Secret is read). A key
+    that is not an ECDSA P-256 public key, or a value holding a private key (``cosign generate-key-pair
+    k8s://`` puts cosign.key beside cosign.pub), is refused; what the worker gets is the public key
+    re-encoded from its parsed form, so nothing else of the value travels. Messages name the field, the
+    Secret and the key, never a value.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pems = []
+    for i, ref in enumerate(refs):
+        where = f"spec.signatureKeys[{i}].secretKeyRef"
+        secret = secrets.get(ref.name)
+        if secret is None:
+            raise CredentialError("SecretMissing", f"{where}: Secret {ref.name!r} not found in this namespace")
+        try:
+            check_opt_in("Secret", secret)
+            value = _decode(secret, ref.key)
+        except CredentialError as exc:
+            raise CredentialError(exc.reason, f"{where}: {exc.message}") from None
+        what = f"{where}: Secret {ref.name!r} key {ref.key!r}"
+        if not value:
+            raise CredentialError("SignatureKeyMissing", f"{where}: Secret {ref.name!r} has no key {ref.key!r}")
+        if "PRIVATE KEY" in value:
+            raise CredentialError("InvalidSignatureKey", f"{what} holds a private key: give the public key "
+                                                         f"(cosign.pub; the private key was not used)")
+        if len(value) > MAX_SIGNATURE_KEY:
+            raise CredentialError("InvalidSignatureKey", f"{what} is {len(value)} characters long, more than "
+                                                         f"{MAX_SIGNATURE_KEY}: not a public key")
+        try:
+            key = load_public_key(value.encode(), what)
+        except SignatureError as exc:
+            raise CredentialError("InvalidSignatureKey", str(exc)) from None
+        pems.append(key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode())
+    return pems

@@ -142,6 +142,15 @@ def resolve_credentials(ctx: Context, namespace: str, spec: JobSpec) -> creds.Au
     return creds.auth_document(resolved)
 
 
+def signature_keys(ctx: Context, namespace: str, spec: JobSpec) -> list[str]:
+    """spec.signatureKeys' public keys: the Secrets are read here, checked in credentials.py."""
+    secrets = {ref.name: ctx.kube.get_secret(namespace, ref.name) for ref in spec.signature_keys}
+    try:
+        return creds.signature_key_pems(spec.signature_keys, secrets)
+    except creds.CredentialError as exc:
+        raise RunBlocked("CredentialsReady", exc.reason, exc.message) from exc
+
+
 def resolve_from_cluster(ctx: Context, namespace: str, regcred: Mapping[str, Any]) -> creds.ResolvedCredential:
     """Fetch what a RegistryCredential refers to (its Secret, its CA source) and resolve it."""
     spec = regcred.get("spec") or {}
@@ -175,8 +184,9 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     meta, status = isj["metadata"], isj.get("status") or {}
     spec = admitted_spec(ctx, isj)
     document = resolve_credentials(ctx, meta["namespace"], spec)
+    keys = signature_keys(ctx, meta["namespace"], spec)
     run = int(status.get("run") or 0) + 1
-    secret = render_config_secret(isj, run, spec, document.auth, document.ca_files)
+    secret = render_config_secret(isj, run, spec, document.auth, document.ca_files, keys)
     job = render_job(isj, run, spec, ctx.settings)
     ctx.kube.create(secret)
     # Before the Job: a worker's first report must find its ConfigMap and its right to patch it.
@@ -204,8 +214,8 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
         "jobName": job["metadata"]["name"], "secretName": secret["metadata"]["name"],
         "credentials": document.used,
         "startTime": now_iso(), "completionTime": None, "pendingGeneration": None, "plan": None, "prune": None,
-        "progress": dict(ZERO_PROGRESS), "failedImages": [], "failedImagesTotal": 0, "shards": [],
-        "syncedSummary": "0/?", "progressSummary": "-", "conditions": conditions,
+        "progress": dict(ZERO_PROGRESS), "failedImages": [], "failedImagesTotal": 0, "skippedImages": [],
+        "shards": [], "syncedSummary": "0/?", "progressSummary": "-", "conditions": conditions,
     }
 
 
@@ -419,8 +429,10 @@ def finish_run(isj: Mapping[str, Any], outcome: str, reports: Mapping[int, Any],
     all_done = bool(shards) and all(row.get("state") == "Succeeded" for row in shards)
     phase = final_phase(progress, outcome == "Failed", all_done)
     generation = isj["metadata"].get("generation", 1)
-    message = (f"run {status.get('run')}: {progress['imagesSynced']} synced, {progress['imagesSkipped']} "
-               f"up to date, {progress['imagesFailed']} failed of {progress['imagesTotal']}")
+    refused = progress["imagesSkippedUnsigned"]  # spec.onlySigned: skipped, but not up to date
+    message = (f"run {status.get('run')}: {progress['imagesSynced']} synced, {progress['imagesSkipped'] - refused} "
+               f"up to date, " + (f"{refused} refused as unsigned or not verifying, " if refused else "")
+               + f"{progress['imagesFailed']} failed of {progress['imagesTotal']}")
     if folded.get("plan"):  # spec.dryRun: what the plan found (the copy counters say nothing was copied)
         message = f"run {status.get('run')}: {plan_message(folded['plan'])}"
     if outcome == "Failed" and not all_done:

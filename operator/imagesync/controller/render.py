@@ -1,8 +1,8 @@
 """ImageSyncJob -> the run's manifests (pure, deterministic): its Secret and batch/v1 Job, and its report
 ConfigMap with the Role and RoleBinding that let the run's workers patch it and nothing else.
 
-Credentials go only into the Secret, which the Job mounts read-only: never into the Job's args, env or
-annotations.
+Credentials (and spec.signatureKeys' public keys) go only into the Secret, which the Job mounts read-only:
+never into the Job's args, env or annotations.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -90,7 +90,16 @@ def worker_options(spec: JobSpec) -> dict[str, Any]:
     if spec.default_registry:
         options["defaultRegistry"] = spec.default_registry
         options["defaultNamespace"] = spec.default_namespace
+    if spec.only_signed:
+        options["onlySigned"] = True
+        # The keys themselves are files of the run's Secret, beside options.json (never in args or env).
+        options["signatureKeys"] = [signature_key_file(i) for i in range(len(spec.signature_keys))]
     return options
+
+
+def signature_key_file(index: int) -> str:
+    """The run Secret's file holding spec.signatureKeys[index]'s public key (PEM)."""
+    return f"signature-key-{index}.pem"
 
 
 def _b64(text: str) -> str:
@@ -98,12 +107,16 @@ def _b64(text: str) -> str:
 
 
 def render_config_secret(isj: Mapping[str, Any], run: int, spec: JobSpec, auth: Mapping[str, Any],
-                         ca_files: Mapping[str, str]) -> dict[str, Any]:
+                         ca_files: Mapping[str, str], signature_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """``signature_keys``: the PEM public keys of spec.signatureKeys, in order (controller/credentials.py)."""
+    if len(signature_keys) != len(spec.signature_keys):
+        raise ValueError(f"{len(spec.signature_keys)} spec.signatureKeys but {len(signature_keys)} keys given")
     files = {
         "auth.yaml": yaml.safe_dump(dict(auth), sort_keys=True),
         "images.yaml": yaml.safe_dump(dict(spec.images), sort_keys=True),
         "options.json": json.dumps(worker_options(spec), sort_keys=True),
         **ca_files,
+        **{signature_key_file(i): pem for i, pem in enumerate(signature_keys)},
     }
     return {
         "apiVersion": "v1",

@@ -65,7 +65,8 @@ PRUNE_ACTIONS = ("deleted", "wouldDelete", "kept", "error")
 PRUNE_COUNT_KEYS = ("deleted", "wouldDelete", "kept", "errors")
 
 COUNT_KEYS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
-              "blobsSkipped", "failedImagesTotal", "referrersCopied", "referrersSkipped", "referrersFailed")
+              "blobsSkipped", "failedImagesTotal", "referrersCopied", "referrersSkipped", "referrersFailed",
+              "imagesSkippedUnsigned")
 
 
 class ReportError(ValueError):
@@ -74,6 +75,8 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class FailedImage:
+    """An image that failed, or one spec.onlySigned skipped (unsigned, signature does not verify), and why."""
+
     source: str
     target: str
     reason: str
@@ -108,6 +111,7 @@ class ShardReport:
     logins_accepted: tuple[str, ...] = ()
     logins_rejected: tuple[str, ...] = ()
     registry_quotas: tuple[RegistryQuota, ...] = ()
+    skipped_images: tuple[FailedImage, ...] = ()  # skipped with a reason: spec.onlySigned's refusals
     dropped: tuple[str, ...] = field(default=(), compare=False)  # what was clipped or dropped, for the log
     # The pod that wrote the report, as the report says (the handlers check it against the Job's pods).
     pod_name: str | None = None
@@ -122,6 +126,8 @@ class ShardReport:
             "done": self.done,
             "failedImages": [{"source": f.source, "target": f.target, "reason": f.reason}
                              for f in self.failed_images],
+            "skippedImages": [{"source": s.source, "target": s.target, "reason": s.reason}
+                              for s in self.skipped_images],
             "loginsAccepted": list(self.logins_accepted), "loginsRejected": list(self.logins_rejected),
             "registryQuotas": [quota.as_dict() for quota in self.registry_quotas],
             **({"plan": dict(self.plan)} if self.plan is not None else {}),
@@ -359,19 +365,25 @@ def parse_report(raw: str | bytes, *, registries: Collection[str], index: int | 
         shard = _count(data, "shard")
         if index is not None and shard != index:
             raise ReportError(f"report of shard {shard} under the key of shard {index}")
-    failed: list[FailedImage] = []
-    for item in _list(data, "failedImages", MAX_FAILED_IMAGES, dropped):
-        if not isinstance(item, dict):
-            raise ReportError(f"an entry of failedImages is not an object: {_show(item)}")
-        failed.append(FailedImage(
-            _string(item.get("source", ""), "failedImages source", MAX_REF, dropped),
-            _string(item.get("target", ""), "failedImages target", MAX_REF, dropped),
-            _string(item.get("reason", ""), "failedImages reason", MAX_REASON, dropped)))
     pod_name, pod_uid = _pod(data)
-    return ShardReport(counts, bytes_copied, rate, done, tuple(failed),
+    return ShardReport(counts, bytes_copied, rate, done, _images(data, "failedImages", dropped),
                        _logins(data, "loginsAccepted", registries, dropped),
                        _logins(data, "loginsRejected", registries, dropped), _quotas(data, dropped),
+                       _images(data, "skippedImages", dropped),
                        tuple(dropped), pod_name=pod_name, pod_uid=pod_uid, plan=plan, prune=_prune(data, dropped))
+
+
+def _images(data: Mapping[str, Any], key: str, dropped: list[str]) -> tuple[FailedImage, ...]:
+    """failedImages or skippedImages: at most MAX_FAILED_IMAGES {source, target, reason}, text clipped."""
+    images = []
+    for item in _list(data, key, MAX_FAILED_IMAGES, dropped):
+        if not isinstance(item, dict):
+            raise ReportError(f"an entry of {key} is not an object: {_show(item)}")
+        images.append(FailedImage(
+            _string(item.get("source", ""), f"{key} source", MAX_REF, dropped),
+            _string(item.get("target", ""), f"{key} target", MAX_REF, dropped),
+            _string(item.get("reason", ""), f"{key} reason", MAX_REASON, dropped)))
+    return tuple(images)
 
 
 # -- which pods, jobs and report ConfigMaps count -------------------------------------------------

@@ -37,6 +37,10 @@ _MAX_TYPES = 32
 _MAX_TYPE_CHARS = 255
 _MAX_BANDWIDTH = 1e15  # bytes/second: above it (or infinite, "1e400M") is no limit in disguise
 _QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?")
+# spec.signatureKeys: a few public keys (a key rotation needs two; more is a mistake, not a policy).
+MAX_SIGNATURE_KEYS = 8
+DEFAULT_SIGNATURE_KEY = "cosign.pub"  # the key `cosign generate-key-pair k8s://NAMESPACE/NAME` writes
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")  # a Secret's data key (apimachinery's IsConfigMapKey)
 
 
 class SpecError(ValueError):
@@ -74,6 +78,14 @@ class PruneSpec:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """One key of a Secret in the ImageSyncJob's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
 class JobSpec:
     images: Mapping[str, object]
     default_registry: str | None = None
@@ -94,6 +106,8 @@ class JobSpec:
     worker: WorkerSpec = field(default_factory=WorkerSpec)
     referrers: ReferrersSpec = field(default_factory=ReferrersSpec)
     bandwidth: float | None = None  # bytes/second per registry and worker pod (spec.bandwidth), None: unlimited
+    only_signed: bool = False  # spec.onlySigned, or implied by spec.signatureKeys
+    signature_keys: tuple[SecretKeyRef, ...] = ()  # PEM public keys cosign signatures must verify with
     prune: PruneSpec = field(default_factory=PruneSpec)
 
 
@@ -175,8 +189,36 @@ def parse_job_spec(spec: Mapping[str, Any] | None) -> JobSpec:
         worker=_worker(spec.get("worker")),
         referrers=_referrers(spec.get("referrers")),
         bandwidth=_bandwidth(spec.get("bandwidth")),
+        only_signed=_bool(spec, "onlySigned") or bool(spec.get("signatureKeys")),
+        signature_keys=_signature_keys(spec.get("signatureKeys")),
         prune=_prune(spec.get("prune")),
     )
+
+
+def _signature_keys(value: Any) -> tuple[SecretKeyRef, ...]:
+    """spec.signatureKeys: [{secretKeyRef: {name, key}}], key defaulting to cosign.pub."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError("spec.signatureKeys", "must be a list of {secretKeyRef: {name, key}}")
+    if len(value) > MAX_SIGNATURE_KEYS:
+        raise SpecError("spec.signatureKeys", f"at most {MAX_SIGNATURE_KEYS} keys, got {len(value)}")
+    refs: list[SecretKeyRef] = []
+    for i, entry in enumerate(value):
+        path = f"spec.signatureKeys[{i}].secretKeyRef"
+        ref = entry.get("secretKeyRef") if isinstance(entry, Mapping) else None
+        if not isinstance(ref, Mapping):
+            raise SpecError(path, "is required: {name: SECRET, key: KEY}")
+        name, key = ref.get("name"), ref.get("key", DEFAULT_SIGNATURE_KEY)
+        if not (isinstance(name, str) and len(name) <= 253 and _DNS_SUBDOMAIN.fullmatch(name)):
+            raise SpecError(f"{path}.name", f"{clip(str(name), 80)!r} is not a Secret name (lower-case DNS name)")
+        if not (isinstance(key, str) and len(key) <= 253 and _SECRET_KEY.fullmatch(key)):
+            raise SpecError(f"{path}.key", f"{clip(str(key), 80)!r} is not a Secret key (letters, digits, '-', "
+                                           f"'_', '.')")
+        if SecretKeyRef(name, key) in refs:
+            raise SpecError(path, f"Secret {name!r} key {key!r} is listed twice")
+        refs.append(SecretKeyRef(name, key))
+    return tuple(refs)
 
 
 def _referrers(value: Any) -> ReferrersSpec:

@@ -14,7 +14,8 @@ from typing import Any
 FAILED_IMAGES_CAP = 20
 REGISTRY_QUOTAS_CAP = 20  # registries listed in status.registryQuotas
 COUNTERS = ("imagesTotal", "imagesSynced", "imagesSkipped", "imagesFailed", "blobsCopied", "blobsMounted",
-            "blobsSkipped", "bytesCopied", "referrersCopied", "referrersSkipped", "referrersFailed")
+            "blobsSkipped", "bytesCopied", "referrersCopied", "referrersSkipped", "referrersFailed",
+            "imagesSkippedUnsigned")
 
 Report = Mapping[str, Any]
 
@@ -128,6 +129,13 @@ def plan_message(plan: Mapping[str, Any]) -> str:
             f"{'exact' if plan.get('exact') else 'estimate'}){skipped}, {plan.get('failed')} could not be planned")
 
 
+def _collect(items: Any, into: list[dict[str, str]]) -> None:
+    """Append a report's {source, target, reason} items to ``into``, up to FAILED_IMAGES_CAP in all."""
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, Mapping) and len(into) < FAILED_IMAGES_CAP:
+            into.append({k: str(item.get(k, ""))[:_TEXT_CAP] for k in ("source", "target", "reason")})
+
+
 def shard_state(report: Report | None, pod_phase: str | None) -> str:
     if pod_phase == "Failed" and not (report and report.get("done") is True):
         return "Failed"
@@ -146,6 +154,7 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
     progress: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
     rate = 0.0
     failed: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []  # spec.onlySigned's refusals, with their reasons
     failed_total = 0
     shard_rows = []
     for index in range(shards):
@@ -156,10 +165,8 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
             if report.get("done") is not True:
                 rate += _rate(report)
             failed_total += _int(report, "failedImagesTotal") or _int(report, "imagesFailed")
-            items = report.get("failedImages")
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, Mapping) and len(failed) < FAILED_IMAGES_CAP:
-                    failed.append({k: str(item.get(k, ""))[:_TEXT_CAP] for k in ("source", "target", "reason")})
+            _collect(report.get("failedImages"), failed)
+            _collect(report.get("skippedImages"), skipped)
         row = {"index": index, "state": shard_state(report, phases.get(index))}
         if report:
             row.update(imagesTotal=_int(report, "imagesTotal"),
@@ -180,6 +187,7 @@ def fold_progress(reports: Mapping[int, Report | None], shards: int,
         "progress": progress,
         "failedImages": failed,
         "failedImagesTotal": failed_total,
+        "skippedImages": skipped,
         "shards": shard_rows,
         "syncedSummary": f"{progress['imagesSynced'] + progress['imagesSkipped']}/{total if all_reported else '?'}",
         "progressSummary": f"{percent:.0f}%" if all_reported else "-",

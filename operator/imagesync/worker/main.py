@@ -7,6 +7,7 @@ Everything it needs comes from the mounted run Secret (``IMAGESYNC_CONFIG_DIR``:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagesync.cli.main import signature_options
 from imagesync.cli.progress import plan_text, summary
 from imagesync.engine.config import AuthTable, load_auth, load_images
 from imagesync.engine.copy import SyncOptions, sync
@@ -28,8 +30,15 @@ from imagesync.engine.plan import dry_run
 from imagesync.engine.prune import PruneMode
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
+from imagesync.engine.signatures import SignatureOptions
 from imagesync.engine.stats import ImageOutcome, Outcome, SyncStats
-from imagesync.worker.report import REPORT_PLAN_ENTRIES, Reporter, bounded_plan, reporter_from_env
+from imagesync.worker.report import (
+    REPORT_PLAN_ENTRIES,
+    REPORT_SKIPPED_IMAGES,
+    Reporter,
+    bounded_plan,
+    reporter_from_env,
+)
 
 log = logging.getLogger("imagesync.worker")
 
@@ -76,6 +85,7 @@ def load_options(path: Path) -> WorkerOptions:
             platforms=PlatformFilter(tuple(raw.get("os") or ()), tuple(raw.get("arch") or ()),
                                      tuple(raw.get("platforms") or ())),
             prune=_prune(raw.get("prune")),
+            signatures=_signatures(raw, path.parent),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid option value: {exc}") from exc
@@ -117,10 +127,27 @@ def _referrers(value: Any) -> ReferrerOptions:
                            exclude=tuple(lists["excludeTypes"]), optional=bool(value.get("optional", False)))
 
 
+def _signatures(raw: Mapping[str, Any], config_dir: Path) -> SignatureOptions:
+    """``onlySigned`` and ``signatureKeys`` (files of the run Secret, by name): read and checked as the
+    sync command's --only-signed and --signature-key are."""
+    names = raw.get("signatureKeys") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"signatureKeys must be a list of file names, got {names!r}")
+    return signature_options(argparse.Namespace(only_signed=bool(raw.get("onlySigned", False)),
+                                                signature_key=[str(config_dir / name) for name in names]))
+
+
+def progress_report(stats: SyncStats, shard: int, *, done: bool = False) -> dict[str, Any]:
+    """What a report says: the engine's snapshot, the shard, and the images --only-signed skipped with their
+    reasons (the snapshot counts them only; worker/report.py bounds the list)."""
+    skipped = [outcome.as_dict() for outcome in stats.refused()[:REPORT_SKIPPED_IMAGES]]
+    return dict(stats.snapshot(done=done), shard=shard, skippedImages=skipped)
+
+
 async def _report_periodically(stats: SyncStats, reporter: Reporter, shard: int) -> None:
     last: dict[str, Any] | None = None
     while True:
-        snapshot = dict(stats.snapshot(), shard=shard)
+        snapshot = progress_report(stats, shard)
         comparable = {k: v for k, v in snapshot.items() if k not in ("durationSeconds", "bytesPerSecond")}
         if comparable != last:
             await reporter.report(snapshot)
@@ -149,7 +176,7 @@ async def run_worker(env: Mapping[str, str]) -> int:
 
     stats = SyncStats()
     reporter = reporter_from_env(env)
-    await reporter.report(dict(stats.snapshot(), shard=shard_index))
+    await reporter.report(progress_report(stats, shard_index))
     ticker = asyncio.create_task(_report_periodically(stats, reporter, shard_index))
     try:
         await sync(rules, rule_errors, auth, options.sync, stats, shard_index=shard_index, shard_count=shard_count)
@@ -157,7 +184,7 @@ async def run_worker(env: Mapping[str, str]) -> int:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
-    final = dict(stats.snapshot(done=True), shard=shard_index)
+    final = progress_report(stats, shard_index, done=True)
     await reporter.report(final)
     await reporter.aclose()
     print(summary(stats), flush=True)
@@ -193,8 +220,8 @@ async def _plan_only(env: Mapping[str, str], rules: Sequence[Rule], rule_errors:
 
 
 def _write_termination_message(final: Mapping[str, Any]) -> None:
-    # The kubelet keeps at most 4 KiB of it: the counts, without the failed-image list.
-    compact = {k: v for k, v in final.items() if k != "failedImages"}
+    # The kubelet keeps at most 4 KiB of it: the counts, without the failed and skipped image lists.
+    compact = {k: v for k, v in final.items() if k not in ("failedImages", "skippedImages")}
     with contextlib.suppress(OSError):
         if os.path.exists(TERMINATION_LOG):
             Path(TERMINATION_LOG).write_text(json.dumps(compact)[:4000])

@@ -39,6 +39,9 @@ REPORT_REASON_CHARS = 1000
 REPORT_REF_CHARS = 512
 REPORT_LOGINS = 64
 REPORT_QUOTAS = 32  # registries whose announced quota a report carries (controller/reports.py keeps 32)
+# Images --only-signed skipped with their reasons (unsigned, signature does not verify), like failures: the
+# count (imagesSkippedUnsigned) stays exact, the list is capped and the first to shrink when over budget.
+REPORT_SKIPPED_IMAGES = 50
 
 
 def _clip(value: object, limit: int) -> str:
@@ -53,17 +56,16 @@ def report_budget(shards: int) -> int:
 
 
 def bounded_report(progress: Mapping[str, Any], budget: int = REPORT_BUDGET) -> str:
-    """``progress`` as one shard's report (JSON), bounded: failures capped in number and length, login lists
-    capped, registry quotas capped (finite numbers only), non-finite numbers written as 0 (JSON has no
-    NaN), and the whole under ``budget`` bytes
-    (failures are dropped from the end of the list until it fits)."""
+    """``progress`` as one shard's report (JSON), bounded: failures and images skipped with a reason capped
+    in number and length, login lists capped, registry quotas capped (finite numbers only), non-finite numbers
+    written as 0 (JSON has no NaN), and the whole under ``budget`` bytes (skipped images, then failures, are
+    dropped from the end of their lists until it fits)."""
     report: dict[str, Any] = {k: (0 if isinstance(v, float) and not math.isfinite(v) else v)
                               for k, v in progress.items()}
     failed = [item for item in report.get("failedImages") or [] if isinstance(item, Mapping)]
     report.setdefault("failedImagesTotal", report.get("imagesFailed", len(failed)))
-    limits = {"source": REPORT_REF_CHARS, "target": REPORT_REF_CHARS, "reason": REPORT_REASON_CHARS}
-    listed = [{k: _clip(v, limits.get(k, REPORT_REF_CHARS)) for k, v in item.items()}
-              for item in failed[:REPORT_FAILED_IMAGES]]
+    listed = _images(failed, REPORT_FAILED_IMAGES)
+    skipped = _images(report.get("skippedImages"), REPORT_SKIPPED_IMAGES)
     for key in ("loginsAccepted", "loginsRejected"):
         if key in report:
             report[key] = [_clip(entry, REPORT_REF_CHARS) for entry in report[key] or []][:REPORT_LOGINS]
@@ -75,10 +77,22 @@ def bounded_report(progress: Mapping[str, Any], budget: int = REPORT_BUDGET) -> 
             for host, quota in list(quotas.items())[:REPORT_QUOTAS] if isinstance(quota, Mapping)}
     while True:
         report["failedImages"] = listed
+        if "skippedImages" in report:
+            report["skippedImages"] = skipped
         text = json.dumps(report, separators=(",", ":"), allow_nan=False)
-        if len(text.encode()) <= budget or not listed:
+        if len(text.encode()) <= budget or not (listed or skipped):
             return text
-        listed = listed[:len(listed) // 2]
+        if skipped:  # failures matter more: the skipped list goes first
+            skipped = skipped[:len(skipped) // 2]
+        else:
+            listed = listed[:len(listed) // 2]
+
+
+def _images(items: Any, cap: int) -> list[dict[str, str]]:
+    """failedImages or skippedImages: at most ``cap`` entries, their text clipped."""
+    limits = {"source": REPORT_REF_CHARS, "target": REPORT_REF_CHARS, "reason": REPORT_REASON_CHARS}
+    kept = [item for item in items or [] if isinstance(item, Mapping)][:cap]
+    return [{k: _clip(v, limits.get(k, REPORT_REF_CHARS)) for k, v in item.items()} for item in kept]
 
 
 # A dry run's plan (spec.dryRun) travels in the shard's last report: its totals, notes and first pairs, within
