@@ -14,6 +14,7 @@ Deliberately independent of ``imagesync.engine``: plain Registry API calls throu
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,10 +77,12 @@ def _stored_repositories(registry: RegistryProcess) -> list[str]:
     if not root.is_dir():
         return []
     found = set()
-    for marker in ("_manifests", "_layers", "_uploads"):
-        for path in root.rglob(marker):
-            if path.is_dir():
-                found.add(path.parent.relative_to(root).as_posix())
+    # os.walk, not Path.rglob: the registry may still be finishing a request of a killed client and remove an
+    # upload directory under the walk (rglob raises FileNotFoundError then; os.walk skips what vanished).
+    for directory, subdirectories, _ in os.walk(root):
+        if {"_manifests", "_layers", "_uploads"} & set(subdirectories):
+            found.add(Path(directory).relative_to(root).as_posix())
+        subdirectories[:] = [d for d in subdirectories if not d.startswith("_")]
     return sorted(found)
 
 
@@ -92,7 +95,10 @@ def _stored_manifests(registry: RegistryProcess, repo: str) -> set[str]:
 
 def _stored_uploads(registry: RegistryProcess, repo: str) -> int:
     uploads = _storage_root(registry) / repo / "_uploads"
-    return sum(1 for _ in uploads.iterdir()) if uploads.is_dir() else 0
+    try:
+        return sum(1 for _ in uploads.iterdir())
+    except FileNotFoundError:
+        return 0
 
 
 def check_registry(target: seed.Target, *, extra_manifests: Iterable[tuple[str, str]] = (),
