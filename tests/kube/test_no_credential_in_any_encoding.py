@@ -64,6 +64,8 @@ async def test_no_object_but_a_secret_holds_a_password_in_any_form(
     await cluster.create(regcred("target", other.host, secret="target-login"))
     await cluster.create(isj("private", {f"{basic_registry.host}/private/app:1": f"{other.host}/copy/app"}))
     await cluster.wait_status("private", lambda s: s.get("jobName"), "a job")
+    # Taken now: the run's Secret is deleted once the run ends.
+    while_running = stored_objects(cluster)
     await player.play(NAMESPACE, "private-r1")
     status = await cluster.wait_status("private", lambda s: s.get("phase") in ("Succeeded", "Failed",
                                                                                 "PartiallyFailed"), "done")
@@ -72,14 +74,14 @@ async def test_no_object_but_a_secret_holds_a_password_in_any_form(
 
     forms = leak_forms(basic_registry.username, basic_registry.password) | \
         leak_forms(other.username, other.password)
-    objects = stored_objects(cluster)
+    objects = while_running + stored_objects(cluster)
     kinds = {resource for resource, _ in objects}
     assert any("jobs" in kind for kind in kinds) and any("events" in kind for kind in kinds), kinds
     leaks = [(resource, obj["metadata"].get("name"), form) for resource, obj in objects
              if "secrets" not in resource for form in forms if form in repr(obj)]
     assert leaks == []
     # The check can see a leak: the run's Secret holds the passwords, base64-encoded.
-    (run_secret,) = [obj for resource, obj in objects if "secrets" in resource
+    (run_secret,) = [obj for resource, obj in while_running if "secrets" in resource
                      and obj["metadata"]["name"] == "private-r1"]
     assert any(form in repr(run_secret) for form in base64_forms(basic_registry.password.encode()))
     assert basic_registry.password not in repr(run_secret)
