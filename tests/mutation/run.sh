@@ -35,6 +35,7 @@ TESTS=(
     tests/controller/test_decisions.py
     tests/controller/test_kstatus.py
     tests/controller/test_reports.py
+    tests/controller/test_report_log_text.py
     tests/controller/test_report_rbac.py
     tests/controller/test_prune_status.py
     tests/controller/test_dry_run_status.py
