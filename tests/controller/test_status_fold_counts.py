@@ -30,9 +30,10 @@ def test_every_counter_is_the_sum_of_the_shards() -> None:
 
 
 def test_failed_images_count_as_done_and_decide_the_phase() -> None:
-    shards = {0: {"imagesTotal": 4, "imagesSynced": 3, "imagesFailed": 1, "failedImagesTotal": 1, "done": True,
-                  "failedImages": [{"source": "a/b:1", "target": "c/b:1", "reason": "no"}]},
-              1: {"imagesTotal": 2, "imagesSynced": 0, "imagesFailed": 2, "failedImagesTotal": 2, "done": True}}
+    shards: dict[int, dict[str, Any]] = {
+        0: {"imagesTotal": 4, "imagesSynced": 3, "imagesFailed": 1, "failedImagesTotal": 1, "done": True,
+            "failedImages": [{"source": "a/b:1", "target": "c/b:1", "reason": "no"}]},
+        1: {"imagesTotal": 2, "imagesSynced": 0, "imagesFailed": 2, "failedImagesTotal": 2, "done": True}}
     folded = fold_progress(shards, 2)
     assert folded["progress"]["imagesFailed"] == 3
     assert folded["failedImagesTotal"] == 3
