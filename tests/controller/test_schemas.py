@@ -167,8 +167,8 @@ def test_invalid_crs_are_rejected_by_the_schema(change: dict[str, Any], error: t
 
 
 def test_registry_credential_schema_rejects_bad_registry() -> None:
-    good = {"apiVersion": "imagesync.dev/v1alpha1", "kind": "RegistryCredential", "metadata": {"name": "c"},
-            "spec": {"registry": "registry.example.com"}}
+    good: dict[str, Any] = {"apiVersion": "imagesync.dev/v1alpha1", "kind": "RegistryCredential",
+                            "metadata": {"name": "c"}, "spec": {"registry": "registry.example.com"}}
     assert schema_errors(good) == []
     for registry in ("https://registry.example.com", "registry.example.com/Team", "registry.example.com:port"):
         bad = copy.deepcopy(good)
