@@ -320,6 +320,10 @@ class RegistryClient:
             raise registry_error(response, f"starting upload to {self.host}/{repo}")
         return self._location(response, f"starting upload to {self.host}/{repo}")
 
+    async def cancel_upload(self, repo: str, location: str) -> None:
+        """``DELETE`` an upload session we opened and do not need (best effort: registries also expire them)."""
+        await self.http.request("DELETE", location, scopes=[push_scope(repo)])
+
     def _location(self, response: httpx.Response, what: str) -> str:
         location = response.headers.get("location")
         if not location:
