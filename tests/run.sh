@@ -25,7 +25,7 @@ if [ "$#" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${IMAGESYNC_SKIP_E2E:-}" != 
     kubeconfig="$(LOCAL_CLUSTER_NODE=0 bash tests/e2e/local-cluster.sh start)"
     KUBECONFIG="$kubeconfig" IMAGESYNC_E2E_PLAY_KUBELET=1 IMAGESYNC_E2E_AUDIT_LOG="$(dirname "$kubeconfig")/audit.log" e2e
 
-    echo "==> e2e, real node: the image, deploy/ installed with kubectl apply -k, workers on a kubelet"
+    echo "==> e2e, real node: the image, deploy/ (then its cluster-wide overlay) installed with kubectl apply -k, workers on a kubelet"
     image="$(bash tests/image/build.sh)"
     kubeconfig="$(bash tests/e2e/local-cluster.sh start)"
     # shellcheck disable=SC1091

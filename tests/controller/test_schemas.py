@@ -112,7 +112,8 @@ def test_every_example_cr_is_valid(example: dict[str, Any]) -> None:
 
 def test_example_secrets_and_deploy_manifests_are_valid_kubernetes() -> None:
     checked = 0
-    for doc in [*documents(ROOT / "deploy"), *(d for d in documents(ROOT / "examples") if d["kind"] == "Secret")]:
+    for doc in [*documents(ROOT / "deploy"), *documents(ROOT / "deploy" / "watched-namespace"),
+                *(d for d in documents(ROOT / "examples") if d["kind"] == "Secret")]:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         checked += 1
     assert checked >= 9
@@ -121,8 +122,8 @@ def test_example_secrets_and_deploy_manifests_are_valid_kubernetes() -> None:
 def test_the_deploy_kustomization_installs_crds_and_every_cluster_wide_manifest() -> None:
     kustomization = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
-    per_namespace = {"30-worker-rbac.yaml"}  # applied in each namespace that runs jobs, not by the base
-    assert listed == {"../crds"} | {p.name for p in (ROOT / "deploy").glob("*.yaml")} - per_namespace \
+    # jobs-namespace: the watched namespace's RoleBinding and workers' ServiceAccount (deploy/watched-namespace/)
+    assert listed == {"../crds", "jobs-namespace"} | {p.name for p in (ROOT / "deploy").glob("*.yaml")} \
         - {"kustomization.yaml"}
     crds = yaml.safe_load((ROOT / "crds" / "kustomization.yaml").read_text())
     assert set(crds["resources"]) == {p.name for p in (ROOT / "crds").glob("*.yaml")} - {"kustomization.yaml"}

@@ -1,8 +1,9 @@
-"""The operator installed for one namespace (examples/kustomize/single-namespace/), on real nodes.
+"""The operator installed as deploy/ ships it (namespaced mode, the default), on real nodes.
 
-It watches only that namespace, with a Role there instead of cluster-wide rights: it runs a job in it,
-and the API server refuses it Secrets and Jobs anywhere else. Runs with the real-node mode of
-test_real_cluster.py (IMAGESYNC_E2E_OPERATOR_IMAGE and IMAGESYNC_E2E_NODE_ADDRESS), before it.
+It watches imagesync-jobs only, with a RoleBinding there instead of cluster-wide rights: it runs a job
+in it, and the API server refuses it Secrets and Jobs anywhere else. Runs with the real-node mode of
+test_real_cluster.py (IMAGESYNC_E2E_OPERATOR_IMAGE and IMAGESYNC_E2E_NODE_ADDRESS), before it; it
+uninstalls what it installed but the CRDs, which test_real_cluster.py then installs cluster-wide.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import os
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from test_real_cluster import (  # the shared cluster helpers (names only: no tests are imported)
     GROUP,
+    INSTALL_CLUSTER_OBJECTS,
+    INSTALL_NAMESPACES,
     INSTALLED,
     NODE_ADDRESS,
     OPERATOR_IMAGE,
@@ -25,10 +27,8 @@ from test_real_cluster import (  # the shared cluster helpers (names only: no te
     ROOT,
     VERSION,
     api,
-    apply,
     kubectl,
-    load_yaml_dir,
-    wait_crds_established,
+    wait_for_namespaces_gone,
 )
 
 from testbed import seed
@@ -37,55 +37,59 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not (os.environ.get("KUBECONFIG") and INSTALLED and NODE_ADDRESS),
                                  reason="needs real nodes: KUBECONFIG, IMAGESYNC_E2E_OPERATOR_IMAGE, "
                                         "IMAGESYNC_E2E_NODE_ADDRESS")]
-OVERLAY = ROOT / "examples" / "kustomize" / "single-namespace"
+WATCHED = "imagesync-jobs"  # deploy/'s one watched namespace (deploy/jobs-namespace/)
 OPERATOR = f"system:serviceaccount:{OPERATOR_NAMESPACE}:imagesync-operator"
 __all__ = ["api"]  # a fixture this module uses by name
 
 
 @pytest.fixture(scope="module")
-def watched(api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A namespace, and the overlay installed for it as its comments tell a user: the namespace put in
-    the marked places, the image set."""
+def other(api: Any) -> Iterator[str]:
+    """A namespace the operator does not watch, with a Secret in it."""
     import kubernetes
 
     core = kubernetes.client.CoreV1Api(api)
-    namespace = f"imagesync-ns-{secrets.token_hex(3)}"
+    namespace = f"imagesync-other-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": namespace}})
-    apply(api, load_yaml_dir(ROOT / "crds"))
-    wait_crds_established(api)
-    worker_rbac = [d for d in yaml.safe_load_all((ROOT / "deploy" / "30-worker-rbac.yaml").read_text()) if d]
-    for doc in worker_rbac:
-        for subject in doc.get("subjects") or []:
-            subject["namespace"] = namespace
-    apply(api, worker_rbac, namespace=namespace)
-    overlay = tmp_path_factory.mktemp("single-namespace")
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "not-yours"}, "stringData": {"k": "v"}})
+    yield namespace
+    kubectl("delete", "--wait=false", "namespace/" + namespace)
+
+
+@pytest.fixture(scope="module")
+def watched(api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """deploy/ installed as it is, as the README tells a user: `kubectl apply -k` of an overlay that only
+    sets the image."""
+    import kubernetes
+
+    overlay = tmp_path_factory.mktemp("namespaced")
     name, _, tag = OPERATOR_IMAGE.rpartition(":")
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [os.path.relpath(OVERLAY, overlay)],
+        "resources": [os.path.relpath(ROOT / "deploy", overlay)],
         "images": [{"name": "ghcr.io/imagesync-dev/imagesync", "newName": name, "newTag": tag}]}))
-    rendered = kubectl("kustomize", str(overlay)).replace("team-a", namespace)
-    assert rendered.count(namespace) == 3, "the overlay marks three places for the namespace"
-    done = subprocess.run(["kubectl", "--kubeconfig", os.environ["KUBECONFIG"], "apply", "-f", "-"],
-                          input=rendered, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    wait_for_namespaces_gone(api, INSTALL_NAMESPACES)
+    kubectl("apply", "-k", str(overlay))
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=180s")
-    yield namespace
+    yield WATCHED
+    # ImageSyncJobs carry the operator's finalizer: remove them while the operator still runs.
     custom = kubernetes.client.CustomObjectsApi(api)
-    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, "imagesyncjobs")
-    kubectl("-n", namespace, "wait", "--for=delete", "imagesyncjobs", "--all", "--timeout=120s")
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, WATCHED, "imagesyncjobs")
+    kubectl("-n", WATCHED, "wait", "--for=delete", "imagesyncjobs", "--all", "--timeout=120s")
+    # The operator first, then its rights; waited for, so test_real_cluster.py's install finds them gone.
     kubectl("delete", "namespace/" + OPERATOR_NAMESPACE, "--timeout=120s")
-    kubectl("delete", "--wait=false", "clusterrole/imagesync-operator", "clusterrolebinding/imagesync-operator",
-            "namespace/" + namespace)
+    kubectl("delete", "namespace/" + WATCHED, *INSTALL_CLUSTER_OBJECTS, "--timeout=120s")
 
 
-def can_i(verb: str, resource: str, namespace: str) -> bool:
+def can_i(verb: str, resource: str, namespace: str | None) -> bool:
+    """The API server's answer (SubjectAccessReview) for the operator's ServiceAccount; None: all namespaces."""
+    where = ["-n", namespace] if namespace else ["--all-namespaces"]
     done = subprocess.run(["kubectl", "--kubeconfig", os.environ["KUBECONFIG"], "auth", "can-i", verb, resource,
-                           "-n", namespace, "--as", OPERATOR], capture_output=True, text=True, timeout=60)
+                           *where, "--as", OPERATOR], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() in ("yes", "no"), done.stderr
     return done.stdout.strip() == "yes"
 
 
-def test_single_namespace_operator_runs_its_namespace_and_nothing_else(
-        api: Any, watched: str, make_registry: Callable[..., Any]) -> None:
+def test_the_namespaced_install_runs_its_namespace_and_reaches_nothing_else(
+        api: Any, watched: str, other: str, make_registry: Callable[..., Any]) -> None:
     import kubernetes
 
     source, target = make_registry(address=NODE_ADDRESS), make_registry(address=NODE_ADDRESS)
@@ -106,23 +110,18 @@ def test_single_namespace_operator_runs_its_namespace_and_nothing_else(
     assert can_i("get", "secrets", watched) and can_i("create", "jobs", watched)
     # Each run's report Role: created there, which it may because it holds patch on ConfigMaps there.
     assert can_i("create", "roles", watched) and can_i("patch", "configmaps", watched)
-    for namespace in ("default", "kube-system"):
+    for namespace in (other, "default", "kube-system"):
         for verb, resource in (("get", "secrets"), ("create", "secrets"), ("create", "jobs"), ("list", "pods"),
                                ("create", "roles"), ("create", "rolebindings"), ("patch", "configmaps")):
             assert not can_i(verb, resource, namespace), (verb, resource, namespace)
+    for verb, resource in (("get", "secrets"), ("list", "secrets"), ("create", "jobs")):
+        assert not can_i(verb, resource, None), (verb, resource, "all namespaces")
+    # And the request itself, as the operator, is refused.
+    done = subprocess.run(["kubectl", "--kubeconfig", os.environ["KUBECONFIG"], "-n", other, "get", "secret",
+                           "not-yours", "--as", OPERATOR], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "forbidden" in done.stderr.lower(), (done.stdout, done.stderr)
+    # What it holds cluster-wide: kopf's reads of the CRDs and namespaces.
+    assert can_i("list", "customresourcedefinitions.apiextensions.k8s.io", None) and can_i("watch", "namespaces", None)
     assert can_i("get", "pods", OPERATOR_NAMESPACE) and not can_i("get", "secrets", OPERATOR_NAMESPACE)
     assert can_i("update", "leases/imagesync-operator", OPERATOR_NAMESPACE)
     assert not can_i("update", "leases/another", OPERATOR_NAMESPACE) and not can_i("create", "leases", watched)
-
-
-def test_the_overlay_renders_what_its_comments_say() -> None:
-    docs = [d for d in yaml.safe_load_all(subprocess.run(
-        ["kubectl", "kustomize", str(OVERLAY)], capture_output=True, text=True, check=True).stdout) if d]
-    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
-                                                                                "namespaces"}
-    assert all(set(rule["verbs"]) == {"list", "watch"} for rule in cluster_role["rules"])
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["IMAGESYNC_NAMESPACES"] == "team-a"
-    assert Path(OVERLAY / "kustomization.yaml").is_file()

@@ -1,11 +1,13 @@
 """The operator flow against a real Kubernetes API server (skipped unless KUBECONFIG names one).
 
-Written to real Kubernetes semantics: CRDs applied from crds/, RBAC from deploy/; the API server
+Written to real Kubernetes semantics: CRDs applied from crds/, RBAC from examples/kustomize/cluster-wide/
+(the operator watches each test's own namespace, created per test module); the API server
 validates, prunes and garbage-collects; the Job controller runs the Jobs. Two modes:
 
 - Real nodes (tests/e2e/local-cluster.sh's one-node cluster, or any cluster whose nodes can pull the
   image and reach the registries): IMAGESYNC_E2E_OPERATOR_IMAGE names the image, and the suite installs
-  deploy/ as a user does (`kubectl apply -k` of an overlay that sets the image), so the operator runs
+  examples/kustomize/cluster-wide/ as a user does (`kubectl apply -k` of an overlay that sets the image),
+  so the operator runs
   as a Pod and the workers as Pods of the real Job. IMAGESYNC_E2E_NODE_ADDRESS is an address of this
   machine that the pods reach: the test registries listen there (local-cluster.sh: its bridge gateway).
   Without it, IMAGESYNC_E2E_SOURCE / IMAGESYNC_E2E_TARGET name two plain-HTTP registries reachable
@@ -47,9 +49,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAY_KUBELET = os.environ.get("IMAGESYNC_E2E_PLAY_KUBELET") == "1"
 OPERATOR_IMAGE = os.environ.get("IMAGESYNC_E2E_OPERATOR_IMAGE", "")
 INSTALLED = bool(OPERATOR_IMAGE) and not PLAY_KUBELET  # the operator runs as the Deployment in deploy/
+# The install mode these tests need: they create a namespace per module, which the operator must watch.
+CLUSTER_WIDE = ROOT / "examples" / "kustomize" / "cluster-wide"
 NODE_ADDRESS = os.environ.get("IMAGESYNC_E2E_NODE_ADDRESS", "")
 WORKER_IMAGE = os.environ.get("IMAGESYNC_E2E_WORKER_IMAGE") or OPERATOR_IMAGE or "imagesync:e2e"
 OPERATOR_NAMESPACE, OPERATOR_LABEL = "imagesync-system", "app.kubernetes.io/name=imagesync-operator"
+# What an install adds besides the CRDs (which the suite shares), for uninstalling it.
+INSTALL_NAMESPACES = (OPERATOR_NAMESPACE, "imagesync-jobs")
+INSTALL_CLUSTER_OBJECTS = ("clusterrole/imagesync-operator", "clusterrole/imagesync-operator-discovery",
+                           "clusterrolebinding/imagesync-operator-discovery")
 LEASE_NAME = "imagesync-operator"  # the installed replicas' leader election (docs/operator.md)
 GROUP, VERSION = "imagesync.dev", "v1alpha1"
 TERMINAL = {"Succeeded", "PartiallyFailed", "Failed"}
@@ -101,6 +109,25 @@ def load_yaml_dir(directory: Path) -> list[dict[str, Any]]:
     return docs
 
 
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl apply -k PATH` would create."""
+    done = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"kubectl kustomize {path}: {done.stderr.strip()}"
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def wait_for_namespaces_gone(api: Any, names: tuple[str, ...]) -> None:
+    """A previous run's uninstall may still be emptying them: applying into a Terminating namespace fails."""
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(api)
+    for _ in range(240):
+        if not [n for n in core.list_namespace().items if n.metadata.name in names
+                and n.status.phase == "Terminating"]:
+            return
+        time.sleep(0.5)
+
+
 def wait_crds_established(api: Any, timeout: float = 60) -> None:
     import kubernetes
 
@@ -124,17 +151,17 @@ def namespace(api: Any) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     apply(api, load_yaml_dir(ROOT / "crds"))
     wait_crds_established(api)
-    # The operator's RBAC as deploy/ ships it, and the workers' ServiceAccount, with every
-    # ServiceAccount living in the test namespace. The ClusterRole/Binding get per-run names so
-    # parallel runs against one cluster do not rebind each other's accounts.
+    # The operator's RBAC as the cluster-wide overlay ships it, and the workers' ServiceAccount, with every
+    # ServiceAccount, Role and RoleBinding living in the test namespace. The ClusterRoles and their bindings
+    # get per-run names so parallel runs against one cluster do not rebind each other's accounts.
     suffix = name.removeprefix("imagesync-e2e-")
-    rbac = [d for d in load_yaml_dir(ROOT / "deploy") if d["kind"] in (
+    rbac = [d for d in kustomize(CLUSTER_WIDE) if d["kind"] in (
         "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Role", "RoleBinding")]
     for doc in rbac:
         doc["metadata"].pop("namespace", None)
         if doc["kind"].startswith("Cluster"):
             doc["metadata"]["name"] += f"-{suffix}"
-        if doc["kind"] == "ClusterRoleBinding":
+        if doc["kind"].endswith("Binding") and doc["roleRef"]["kind"] == "ClusterRole":
             doc["roleRef"]["name"] += f"-{suffix}"
         for subject in doc.get("subjects") or []:
             subject["namespace"] = name
@@ -231,8 +258,9 @@ def kubectl(*args: str, timeout: float = 240) -> str:
 
 @pytest.fixture(scope="module")
 def installed_operator(api: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """deploy/ installed as the README tells a user (`kubectl apply -k`, the image set in an overlay),
-    with the operator running as its Deployment's Pod. Only with IMAGESYNC_E2E_OPERATOR_IMAGE."""
+    """examples/kustomize/cluster-wide/ installed as the README tells a user (`kubectl apply -k`, the image
+    set in an overlay), with the operator running as its Deployment's Pod. Only with
+    IMAGESYNC_E2E_OPERATOR_IMAGE. Cluster-wide, because each test module watches a namespace of its own."""
     import kubernetes
 
     if not INSTALLED:
@@ -243,14 +271,9 @@ def installed_operator(api: Any, namespace: str, tmp_path_factory: pytest.TempPa
     assert name and "/" not in tag, f"IMAGESYNC_E2E_OPERATOR_IMAGE={OPERATOR_IMAGE!r}: give it a tag"
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(ROOT / "deploy", overlay)],  # kustomize takes relative bases only
+        "resources": [os.path.relpath(CLUSTER_WIDE, overlay)],  # kustomize takes relative bases only
         "images": [{"name": "ghcr.io/imagesync-dev/imagesync", "newName": name, "newTag": tag}]}))
-    core = kubernetes.client.CoreV1Api(api)
-    for _ in range(240):  # a previous run's uninstall may still be emptying the namespace
-        if not [n for n in core.list_namespace().items if n.metadata.name == OPERATOR_NAMESPACE
-                and n.status.phase == "Terminating"]:
-            break
-        time.sleep(0.5)
+    wait_for_namespaces_gone(api, INSTALL_NAMESPACES)
     kubectl("apply", "-k", str(overlay))
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=180s")
     yield
@@ -261,7 +284,8 @@ def installed_operator(api: Any, namespace: str, tmp_path_factory: pytest.TempPa
     # Uninstall what the install added but the CRDs, which the suite shares (as the namespace fixture does):
     # the operator first, then its rights (the other way round it logs refused calls while it stops).
     kubectl("delete", "namespace/" + OPERATOR_NAMESPACE, "--timeout=120s")
-    kubectl("delete", "--wait=false", "clusterrole/imagesync-operator", "clusterrolebinding/imagesync-operator")
+    kubectl("delete", "--wait=false", "clusterrolebinding/imagesync-operator", *INSTALL_CLUSTER_OBJECTS,
+            "namespace/imagesync-jobs")
 
 
 def operator_pods(api: Any) -> list[Any]:
@@ -1149,7 +1173,7 @@ def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: 
         calls[user].add(call)
         if (event.get("responseStatus") or {}).get("code") == 403:
             refused.append((user, call))
-    deploy = load_yaml_dir(ROOT / "deploy")
+    deploy = kustomize(CLUSTER_WIDE)
     # Grants for paths this module does not take, each exercised elsewhere: kopf watches namespaces only
     # when told which to watch (the played-kubelet stage's operator is; the installed one watches all); it
     # reads its own Pod only when it runs in one (installed). And one it never uses: patch on ConfigMaps,
@@ -1166,8 +1190,10 @@ def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: 
     worker_grants = granted([report_role], "Role", report_role["metadata"]["name"])
     assert calls[operator] and calls[worker], "the runs above made calls as both accounts"
     assert not refused, refused
-    for user, kind, grants in ((operator, "ClusterRole", granted(deploy, "ClusterRole", "imagesync-operator")
-                                | election), (worker, "Role", worker_grants)):
+    operator_grants = election | granted(deploy, "Role", "imagesync-operator-self") \
+        | granted(deploy, "ClusterRole", "imagesync-operator") \
+        | granted(deploy, "ClusterRole", "imagesync-operator-discovery")
+    for user, kind, grants in ((operator, "ClusterRole", operator_grants), (worker, "Role", worker_grants)):
         assert calls[user] <= grants, f"{user} made calls its {kind} does not grant: {calls[user] - grants}"
         unused = grants - calls[user] - elsewhere
         assert not unused, f"{kind} grants {user} more than it used: {sorted(unused)}"
