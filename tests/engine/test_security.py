@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,13 +23,16 @@ from imagesync.engine import registry as registry_module
 from imagesync.engine.config import load_auth
 from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.errors import RegistryError
+from imagesync.engine.reference import Repository
+from imagesync.engine.referrers import SignatureGate
 from imagesync.engine.registry import RegistryClient
 from imagesync.engine.rules import parse_rules
+from imagesync.engine.signatures import MAX_PAYLOAD_BYTES, SignedPayload
 from imagesync.engine.stats import SyncStats
 from imagesync.engine.transport import Endpoint, RegistryHTTP, RetryPolicy
 from testbed import seed
 from testbed.certs import CertificateAuthority
-from testbed.hostile import HostileServer, Received, Reply, basic_challenge, json_reply
+from testbed.hostile import HostileServer, Received, Reply, basic_challenge, gzip_bomb, json_reply
 from testbed.registry import RegistryProcess
 
 USER, PASSWORD = "alice", "s3cret-password"
@@ -328,6 +332,28 @@ async def test_huge_token_response_is_refused() -> None:
                 await client.list_tags("app")
         finally:
             await client.http.aclose()
+
+
+
+async def test_signature_payload_bomb_is_read_within_its_cap() -> None:
+    """A cosign payload blob (at most 64 KiB) sent as gzip inflating to 32 MiB: read within the cap, the
+    bomb never inflated (httpx's own decoding inflated each network chunk whole: 32 MiB held)."""
+    digest = "sha256:" + "1" * 64
+    bomb = gzip_bomb(32 * MiB)
+    hostile = BasicRegistry({("GET", f"/v2/app/blobs/{digest}"): Reply(
+        200, {"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}, bomb)})
+    with HostileServer(hostile) as server:
+        client = client_for(server)
+        tracemalloc.start()
+        try:
+            payload = await SignatureGate._payload(client, Repository(server.host, "app"),
+                                                   SignedPayload(digest, MAX_PAYLOAD_BYTES, "c2ln"))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            await client.http.aclose()
+    assert peak < 8 * MiB, f"{peak / MiB:.1f} MiB held while reading a {MAX_PAYLOAD_BYTES // 1024} KiB payload"
+    assert payload == bytes(MAX_PAYLOAD_BYTES)
 
 
 @pytest.mark.parametrize("loop", ["self", "two pages"])

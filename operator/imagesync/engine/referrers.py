@@ -51,6 +51,7 @@ from imagesync.engine.signatures import (
     signed_payloads,
 )
 from imagesync.engine.stats import ImageOutcome, ReferrerOutcome
+from imagesync.engine.transport import read_limited
 
 if TYPE_CHECKING:
     from imagesync.engine.copy import Syncer
@@ -522,15 +523,11 @@ class SignatureGate:
 
     @staticmethod
     async def _payload(src: RegistryClient, repo: Repository, layer: SignedPayload) -> bytes:
-        """The payload layer's bytes (at most MAX_PAYLOAD_BYTES). Its digest is not checked here: the
-        signature is over these very bytes."""
-        data = bytearray()
+        """The payload layer's bytes (at most MAX_PAYLOAD_BYTES, decoded by read_limited: a gzip bomb stops
+        there). Its digest is not checked here: the signature is over these very bytes."""
         async with src.open_blob(repo.path, layer.digest) as response:
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > MAX_PAYLOAD_BYTES:
-                    break
-        return bytes(data)
+            data, _ = await read_limited(response, MAX_PAYLOAD_BYTES)
+        return data
 
     @staticmethod
     async def _referrers(src: RegistryClient, repo: Repository, digest: str,

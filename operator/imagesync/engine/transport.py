@@ -261,6 +261,34 @@ class _MeteredStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+class _RedirectBody(httpx.AsyncByteStream):
+    """The body of a redirect httpx is about to follow, which nobody reads: httpx would read it whole and
+    decoded (``aread``), and 200 KiB of gzip inflate to 200 MiB. At most a small answer's worth of raw
+    bytes is drained (so that the connection can be reused) and nothing is handed on."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        drained = 0
+        async for chunk in self._inner:
+            drained += len(chunk)
+            if drained > SMALL_BODY_MAX_BYTES:
+                break  # not worth keeping the connection for: it is closed instead
+        yield b""  # the body, as far as httpx is concerned
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _discard_redirect_body(response: httpx.Response) -> None:
+    """A response hook: sees every answer before httpx follows it, redirects included."""
+    if response.has_redirect_location:
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _RedirectBody(response.stream)
+        response.headers.pop("content-encoding", None)  # nothing left to decode
+
+
 async def _metered(content: AsyncIterator[bytes], bucket: ByteBucket) -> AsyncIterator[bytes]:
     async for chunk in content:
         await bucket.acquire(len(chunk))
@@ -556,7 +584,8 @@ class RegistryHTTP:
         transport = self._transport or httpx.AsyncHTTPTransport(verify=verify, limits=self._limits, retries=0)
         return httpx.AsyncClient(
             transport=transport, timeout=self._timeout, headers={"User-Agent": USER_AGENT},
-            follow_redirects=True, event_hooks={"request": [self._refuse_downgrade]},
+            follow_redirects=True,
+            event_hooks={"request": [self._refuse_downgrade], "response": [_discard_redirect_body]},
         )
 
     async def _refuse_downgrade(self, request: httpx.Request) -> None:
