@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
+import urllib3
 
 GROUP, VERSION = "imagesync.dev", "v1alpha1"
 JOBS_PLURAL, CREDS_PLURAL = "imagesyncjobs", "registrycredentials"
 
 Obj = dict[str, Any]
+
+# An API server that is restarting, overloaded or behind a load balancer answers these now and then; the same
+# call a moment later usually goes through (issue 12, point 5: tests/kube/test_flaky_api_flow.py). Every call here
+# may be repeated: reads, creates by fixed name (409 after a lost answer means it exists), deletes (404 is
+# fine), and merge patches without a resourceVersion. Handlers run in threads: sleeping blocks no event loop.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def retrying(call: Callable[..., Any], *args: Any, conflict: bool = False, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, again after each transient failure (and, with ``conflict``, after a 409
+    Conflict) until RETRY_DELAYS run out; any other error at once."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return call(*args, **kwargs)
+        except kubernetes.client.ApiException as exc:
+            if delay is None or not (exc.status in TRANSIENT_STATUSES or (conflict and exc.status == 409)):
+                raise
+        except urllib3.exceptions.HTTPError:  # the connection failed or dropped: no answer at all
+            if delay is None:
+                raise
+        time.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class Kube:
@@ -30,7 +55,7 @@ class Kube:
 
     def _get(self, call: Any, *args: Any) -> Obj | None:
         try:
-            return self._json(call(*args, _preload_content=False))
+            return self._json(retrying(call, *args, _preload_content=False))
         except kubernetes.client.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -52,14 +77,14 @@ class Kube:
         return self._get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, JOBS_PLURAL, name)
 
     def list_regcreds(self, namespace: str) -> list[Obj]:
-        result = self._json(self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, CREDS_PLURAL, _preload_content=False))
+        result = self._json(retrying(self.custom.list_namespaced_custom_object,
+                                     GROUP, VERSION, namespace, CREDS_PLURAL, _preload_content=False))
         items: list[Obj] = result.get("items") or []
         return items
 
     def _list(self, call: Any, namespace: str, labels: Mapping[str, str]) -> list[Obj]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = self._json(call(namespace, label_selector=selector, _preload_content=False))
+        result = self._json(retrying(call, namespace, label_selector=selector, _preload_content=False))
         # Filter again: an emulator may ignore the selector, and a wrong object here would corrupt status.
         return [obj for obj in result.get("items") or []
                 if all((obj.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
@@ -87,7 +112,7 @@ class Kube:
         exists (a re-delivered event or a restart: not an error)."""
         create, _ = self._calls(obj["kind"])
         try:
-            response = create(obj["metadata"]["namespace"], dict(obj), _preload_content=False)
+            response = retrying(create, obj["metadata"]["namespace"], dict(obj), _preload_content=False)
         except kubernetes.client.ApiException as exc:
             if exc.status == 409:
                 return None
@@ -98,16 +123,16 @@ class Kube:
         """Delete with its dependents (background propagation, as kubectl does); gone already is fine."""
         _, delete = self._calls(obj["kind"])
         try:
-            delete(obj["metadata"]["name"], obj["metadata"]["namespace"],
-                   body=kubernetes.client.V1DeleteOptions(propagation_policy="Background"), _preload_content=False)
+            retrying(delete, obj["metadata"]["name"], obj["metadata"]["namespace"],
+                     body=kubernetes.client.V1DeleteOptions(propagation_policy="Background"), _preload_content=False)
         except kubernetes.client.ApiException as exc:
             if exc.status != 404:
                 raise
 
     def patch_isj_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, JOBS_PLURAL, name, {"status": dict(status)}, _preload_content=False)
+        retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, JOBS_PLURAL, name,
+                 {"status": dict(status)}, conflict=True, _preload_content=False)
 
     def patch_regcred_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, CREDS_PLURAL, name, {"status": dict(status)}, _preload_content=False)
+        retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, CREDS_PLURAL, name,
+                 {"status": dict(status)}, conflict=True, _preload_content=False)

@@ -33,6 +33,8 @@ MAX_NAME = 52
 # 80 MiB at --proc 8 (docs/benchmarks.md): the limit leaves room for higher concurrency and big manifests
 # lists, and a runaway worker is OOM-killed alone instead of pressing its node. No CPU limit: throttling
 # only slows a copy down, and the request already orders it behind what needs the CPU.
+# New pods the Job makes for a shard whose pod failed (spec.backoffLimitPerIndex, where the cluster has it).
+RETRIES_PER_SHARD = 1
 DEFAULT_WORKER_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"memory": "512Mi"},
@@ -204,12 +206,19 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
     job_spec: dict[str, Any] = {
         "parallelism": shards,
         "completions": shards,
-        # A failed pod is retried by the engine's own rounds first; the Job adds little on top.
-        "backoffLimit": 1 if shards == 1 else shards,
+        # A failed pod is retried by the engine's own rounds first; the Job adds little on top: a worker that
+        # dies (killed, evicted, its node gone) gets RETRIES_PER_SHARD new pods, and the shards together no more.
+        "backoffLimit": RETRIES_PER_SHARD * shards,
         "template": {"metadata": {"labels": run_labels}, "spec": pod_spec},
     }
     if shards > 1:
         job_spec["completionMode"] = "Indexed"
+        # Per shard on clusters that have it (1.28+ with the JobBackoffLimitPerIndex gate, on by default from
+        # 1.29): one shard failing over and over cannot use up the others' retries, and every shard runs to
+        # its end (maxFailedIndexes: all of them may fail without stopping the rest). An older API server drops
+        # both fields and backoffLimit alone applies, as before; the total above stays a cap either way.
+        job_spec["backoffLimitPerIndex"] = RETRIES_PER_SHARD
+        job_spec["maxFailedIndexes"] = shards
     if settings.worker_deadline_seconds:
         # Kubernetes stops the Job's pods and fails it (reason DeadlineExceeded); the run folds as failed.
         job_spec["activeDeadlineSeconds"] = settings.worker_deadline_seconds
