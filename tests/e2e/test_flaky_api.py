@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,47 +26,6 @@ pytestmark = real.pytestmark
 api, namespace, installed_operator, operator = real.api, real.namespace, real.installed_operator, real.operator
 registries, cluster = real.registries, real.cluster
 RUNS = 5
-
-
-@contextlib.asynccontextmanager
-async def operator_through_proxy(api: Any, namespace: str, proxy: ApiProxy) -> AsyncIterator[None]:
-    """real.running_operator's operator (its ServiceAccount's token, the test namespace only), with every call,
-    kopf's and the handlers', sent to ``proxy``: plain HTTP to it, the proxy verifies the API server's TLS."""
-    import kopf
-    import kubernetes
-
-    from imagesync.controller.handlers import Context, configure, register
-    from imagesync.controller.kube import Kube
-    from imagesync.controller.settings import OperatorSettings
-
-    token = real.operator_token(api, namespace)
-    configuration = kubernetes.client.Configuration()
-    configuration.host = proxy.url
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    client = kubernetes.client.ApiClient(configuration)
-    registry = kopf.OperatorRegistry()
-    register(registry, Context(Kube(client), OperatorSettings(worker_image=real.WORKER_IMAGE), schedule_interval=2))
-
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=proxy.url, token=token)
-
-    @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure(settings)
-        settings.watching.server_timeout = 30
-
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(kopf.operator(registry=registry, namespaces=[namespace], standalone=True,
-                                             stop_flag=stop, ready_flag=ready))
-    await asyncio.wait_for(ready.wait(), 60)
-    try:
-        yield
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
-        client.close()
 
 
 def flaky_proxy(api: Any, seed_value: int) -> ApiProxy:
@@ -105,7 +62,7 @@ async def test_runs_converge_through_a_flaky_api_and_a_restart(api: Any, namespa
 
     counts: collections.Counter[str] = collections.Counter()
     with flaky_proxy(api, 12) as proxy:
-        async with operator_through_proxy(api, namespace, proxy):
+        async with real.running_operator(api, namespace, via=proxy.url):
             cluster.hold_pods = True  # the runs stay in flight across the restart
             for i in range(3):
                 create(i)
@@ -115,7 +72,7 @@ async def test_runs_converge_through_a_flaky_api_and_a_restart(api: Any, namespa
         create(i)
     cluster.hold_pods = False
     with flaky_proxy(api, 13) as proxy:
-        async with operator_through_proxy(api, namespace, proxy):
+        async with real.running_operator(api, namespace, via=proxy.url):
             for name in names:
                 status = await cluster.status_when(name, lambda s: bool(s.get("completionTime")),
                                                    "a finished run", timeout=300)

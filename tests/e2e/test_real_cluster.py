@@ -202,9 +202,10 @@ def operator_token(api: Any, namespace: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
+async def running_operator(api: Any, namespace: str, via: str | None = None) -> AsyncIterator[None]:
     """The operator in this process, authenticated as its ServiceAccount (its RBAC applies), watching
-    the test namespace only (IMAGESYNC_NAMESPACES), so parallel runs on one cluster keep apart."""
+    the test namespace only (IMAGESYNC_NAMESPACES), so parallel runs on one cluster keep apart.
+    ``via``: a plain-HTTP proxy's URL that every call goes to instead (test_flaky_api.py's fault proxy)."""
     import kopf
     import kubernetes
 
@@ -217,6 +218,8 @@ async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
     configuration = kubernetes.client.Configuration()
     configuration.host, configuration.ssl_ca_cert, configuration.verify_ssl = \
         base.host, base.ssl_ca_cert, base.verify_ssl
+    if via:
+        configuration.host = via
     configuration.api_key = {"authorization": f"Bearer {token}"}
     sa_client = kubernetes.client.ApiClient(configuration)
 
@@ -227,6 +230,8 @@ async def running_operator(api: Any, namespace: str) -> AsyncIterator[None]:
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
+        if via:
+            return kopf.ConnectionInfo(server=via, token=token)
         return kopf.ConnectionInfo(server=base.host, ca_path=base.ssl_ca_cert, token=token,
                                    insecure=not base.verify_ssl)
 

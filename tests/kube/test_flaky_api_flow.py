@@ -119,3 +119,17 @@ async def test_runs_converge_with_one_job_each_through_a_flaky_api(cluster: Clus
     assert all(counts[kind] > 0 for kind in FAULT_KINDS), counts
     for i, image in enumerate(images):
         assert seed.get_manifest(registry2, f"m/app{i}", "1")[2] == image.digest
+
+
+def test_the_proxy_verifies_an_https_upstream_and_passes_requests_through(make_registry: Any) -> None:
+    """The leg to a real API server is HTTPS, verified against the kubeconfig's CA: checked here against a TLS
+    registry (the same proxy code; an API server is only another HTTPS server to it), with no faults."""
+    import httpx
+
+    tls = make_registry("tls")
+    quiet = FaultRates(server_error=0, lost_response=0, conflict=0, watch_cut=0, delay=0)
+    with ApiProxy(f"https://{tls.host}", rates=quiet, ca_file=str(tls.ca_file)) as proxy:
+        response = httpx.get(f"{proxy.url}/v2/", headers={"Authorization": "Bearer passed-through"})
+        assert response.status_code == 200 and proxy.forwarded == 1
+    with ApiProxy(f"https://{tls.host}", rates=quiet) as unverified:  # the system CAs do not know the test CA
+        assert httpx.get(f"{unverified.url}/v2/").status_code == 500

@@ -184,7 +184,11 @@ class ApiProxy:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0), timeout=timeout,
                                          auto_decompress=False) as session:
             app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_route("*", "/{tail:.*}", lambda request: self._handle(session, request))
+
+            async def handle(request: web.Request) -> web.StreamResponse:
+                return await self._handle(session, request)
+
+            app.router.add_route("*", "/{tail:.*}", handle)
             # handler_cancellation: a client that goes away ends its request here too, so a watch the client
             # dropped does not keep its upstream stream open.
             runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1,
