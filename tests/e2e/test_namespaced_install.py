@@ -70,10 +70,12 @@ def watched(api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     kubectl("apply", "-k", str(overlay))
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=180s")
     yield WATCHED
-    # ImageSyncJobs carry the operator's finalizer: remove them while the operator still runs.
+    # ImageSyncJobs and RegistryCredentials (for its timers) carry the operator's finalizer: remove them while
+    # the operator still runs, or their namespace never finishes terminating.
     custom = kubernetes.client.CustomObjectsApi(api)
-    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, WATCHED, "imagesyncjobs")
-    kubectl("-n", WATCHED, "wait", "--for=delete", "imagesyncjobs", "--all", "--timeout=120s")
+    for plural in ("imagesyncjobs", "registrycredentials"):
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, WATCHED, plural)
+        kubectl("-n", WATCHED, "wait", "--for=delete", plural, "--all", "--timeout=120s")
     # The operator first, then its rights; waited for, so test_real_cluster.py's install finds them gone.
     kubectl("delete", "namespace/" + OPERATOR_NAMESPACE, "--timeout=120s")
     kubectl("delete", "namespace/" + WATCHED, *INSTALL_CLUSTER_OBJECTS, "--timeout=120s")

@@ -282,10 +282,12 @@ def installed_operator(api: Any, namespace: str, tmp_path_factory: pytest.TempPa
     kubectl("apply", "-k", str(overlay))
     kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=180s")
     yield
-    # ImageSyncJobs carry the operator's finalizer: remove them while the operator still runs.
+    # ImageSyncJobs and RegistryCredentials (for its timers) carry the operator's finalizer: remove them while
+    # the operator still runs, or their namespace never finishes terminating.
     custom = kubernetes.client.CustomObjectsApi(api)
-    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, "imagesyncjobs")
-    kubectl("-n", namespace, "wait", "--for=delete", "imagesyncjobs", "--all", "--timeout=120s")
+    for plural in ("imagesyncjobs", "registrycredentials"):
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+        kubectl("-n", namespace, "wait", "--for=delete", plural, "--all", "--timeout=120s")
     # Uninstall what the install added but the CRDs, which the suite shares (as the namespace fixture does):
     # the operator first, then its rights (the other way round it logs refused calls while it stops).
     kubectl("delete", "namespace/" + OPERATOR_NAMESPACE, "--timeout=120s")
