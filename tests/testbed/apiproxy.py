@@ -230,8 +230,12 @@ class ApiProxy:
                                 body=status_body(409, "Conflict", message))
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in SKIPPED_HEADERS}
+        # skip_auto_headers: a body the client sent without a Content-Type goes on without one. The kubernetes
+        # client sends its creates so, and the API server reads them as JSON; aiohttp would otherwise label the
+        # bytes application/octet-stream, which the API server refuses with 415 Unsupported Media Type.
         async with session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                   data=body or None, allow_redirects=False) as upstream:
+                                   data=body or None, skip_auto_headers=("Content-Type",),
+                                   allow_redirects=False) as upstream:
             with self._lock:
                 self.forwarded += 1
             if decision.lost_response:
