@@ -13,7 +13,7 @@ import yaml
 
 from imagesync.controller.credentials import CredentialError, auth_document, resolve_credential, select_credentials
 from imagesync.controller.render import runs_to_prune
-from imagesync.controller.schedule import is_due, next_fire
+from imagesync.controller.schedule import fires, is_due, next_fire
 from imagesync.controller.settings import own_image
 from imagesync.controller.spec import SpecError, parse_job_spec
 from imagesync.controller.status import final_phase, fold_progress, make_condition, pod_problem
@@ -196,3 +196,11 @@ def test_the_worker_image_defaults_to_the_operators_own_container_image() -> Non
     assert own_image({"spec": {"containers": [{"name": "main", "image": "r.io/imagesync:3"}]}}) == "r.io/imagesync:3"
     assert own_image({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}) is None
     assert own_image({"spec": {}}) is None and own_image({}) is None
+
+
+@pytest.mark.parametrize(("cron", "expected"), [("*/5 * * * *", True), ("@daily", True),
+                                                ("0 0 31 2 *", False),  # February 31st: never
+                                                ("61 * * * *", False), ("not cron", False)])
+def test_fires_tells_a_schedule_the_timer_can_use(cron: str, expected: bool) -> None:
+    # The schedule timer ticks for objects the spec validation refused too: it must not raise for them.
+    assert fires(cron, dt.datetime(2026, 11, 27, tzinfo=dt.UTC)) is expected

@@ -237,3 +237,25 @@ def test_a_tag_list_of_null_is_an_empty_repository(tags: str, registry: Registry
     assert code == 0 and result["imagesSynced"] == 1 and result["imagesFailed"] == 0, result
     (warning,) = [line for line in err.splitlines() if "WARNING" in line]
     assert f"rule {hostile.host}/bad/app" in warning and f"{hostile.host}/bad/app lists no tags" in warning, warning
+
+
+def test_a_tag_list_cut_mid_body_is_read_again(registry: RegistryProcess, tmp_path: Any) -> None:
+    """A GET whose answer breaks off after its headers is sent again within the request (with --retries 0:
+    not by a retry round), so one cut tags/list does not fail a whole all-tags rule."""
+    answers = iter([Reply(200, {"Content-Type": "application/json", "Content-Length": "200", "Connection": "close"},
+                          b'{"name": "bad/ap'),
+                    json_reply('{"name": "bad/app", "tags": []}')])
+    tag_lists: list[Received] = []
+
+    def source(request: Received) -> Reply:
+        if request.path == "/v2/":
+            return json_reply("{}")
+        tag_lists.append(request)
+        return next(answers)
+
+    with HostileServer(source) as hostile:
+        code, result = run_sync(tmp_path, {f"{hostile.host}/bad/app": f"{registry.host}/copied/bad"},
+                                {hostile.host: {"plainHTTP": True}, registry.host: auth_entry(registry)},
+                                "--retries", "0")
+    assert [r.path for r in tag_lists] == ["/v2/bad/app/tags/list"] * 2
+    assert code == 0 and result["imagesFailed"] == 0, result

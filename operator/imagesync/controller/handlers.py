@@ -52,7 +52,7 @@ from imagesync.controller.reports import (
     run_registries,
     shard_of_key,
 )
-from imagesync.controller.schedule import is_due, next_fire
+from imagesync.controller.schedule import fires, is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.spec import DEFAULT_HISTORY_LIMIT, JobSpec, SpecError, parse_job_spec
 from imagesync.controller.status import (
@@ -615,6 +615,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         cron = str(spec["schedule"])
         if spec.get("suspend") or run_active(status):
             return  # never two runs at once: a due fire waits for the active run to end
+        if not fires(cron, now):
+            return  # refused when created or changed (Valid=False): nothing to schedule
         last = parse_time(status.get("lastScheduleTime"))
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         if not is_due(cron, last, created, now):

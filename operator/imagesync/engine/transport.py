@@ -916,13 +916,21 @@ class RegistryHTTP:
         bigger error answer is cut (it only feeds a message).
         """
         request_headers = {"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})}
-        async with self.stream(method, path, scopes=scopes, headers=request_headers, content=content,
-                               params=params) as response:
+        # stream() retries what fails before the answer arrives; a GET or HEAD whose body breaks off is sent
+        # again here (measured: one tags/list cut mid-body failed its whole all-tags rule otherwise).
+        attempts = self.retry.attempts if method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
             try:
-                body, more = await read_limited(response, max_body)
+                async with self.stream(method, path, scopes=scopes, headers=request_headers, content=content,
+                                       params=params) as response:
+                    body, more = await read_limited(response, max_body)
+                break
             except httpx.TransportError as exc:
-                raise RegistryError(f"{method} {self._where(path)}: {_describe(exc)}",
-                                    retryable=True) from exc
+                if attempt + 1 >= attempts:
+                    raise RegistryError(f"{method} {self._where(path)}: {_describe(exc)}",
+                                        retryable=True) from exc
+                log.debug("retrying %s %s: its answer broke off (%s)", method, _redact(path), _describe(exc))
+                await asyncio.sleep(self.retry.backoff(attempt))
         if more and response.is_success:
             raise RegistryError(f"{method} {self._where(path)}: the answer is larger than "
                                 f"{_size(max_body)}: refused", code="TOO_LARGE", retryable=False)
