@@ -7,6 +7,7 @@ right blob at the target: that outcome alone cannot tell whether we checked. The
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +87,7 @@ async def test_a_corrupted_attempt_sends_no_commit(registry: RegistryProcess, re
     stats = await sync_through_faults(tmp_path, registry, registry2,
                                       {f"{registry.host}/corrupt/app:1": f"{registry2.host}/corrupt/app"}, plan,
                                       layer.digest)
+    print(f"faults test_a_corrupted_attempt_sends_no_commit[{size}]: {json.dumps(dict(plan.injected))}")
     assert plan.injected["corrupt"] == 2
     assert stats.failed() == []
     # Two corrupted attempts, then the good one: one commit, and it succeeded.
@@ -103,6 +105,8 @@ async def test_persistent_corruption_is_reported_as_ours_not_the_registrys(
     stats = await sync_through_faults(tmp_path, registry, registry2,
                                       {f"{registry.host}/broken/app:1": f"{registry2.host}/broken/app"}, plan,
                                       layer.digest, retries=1)
+    print(f"faults test_persistent_corruption_is_reported_as_ours_not_the_registrys: "
+          f"{json.dumps(dict(plan.injected))}")
     (failure,) = stats.failed()
     assert f"blob {layer.digest} from {registry.host}/broken/app arrived corrupted" in failure.reason
     assert "DIGEST_INVALID" not in failure.reason  # the registry never got to say it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,6 +45,7 @@ async def test_resets_and_5xx_lose_nothing(registry: RegistryProcess, registry2:
     stats = await run_with_faults(tmp_path, (registry, registry2),
                                   {f"{registry.host}/flaky/app{i}:1": f"{registry2.host}/flaky/app{i}"
                                    for i in range(6)}, plan, proc=4)
+    print(f"faults test_resets_and_5xx_lose_nothing: {json.dumps(dict(plan.injected))}")
     assert stats.failed() == []
     assert plan.injected["reset"] > 0 and sum(plan.injected[s] for s in ("500", "502", "503")) > 0
     for i, image in enumerate(images):
@@ -58,6 +60,7 @@ async def test_429_with_retry_after_is_honoured(registry: RegistryProcess, regis
     plan = FaultPlan(status_rate=0.3, statuses=(429,), retry_after="0")
     stats = await run_with_faults(tmp_path, (registry, registry2),
                                   {f"{registry.host}/limited/app:1": f"{registry2.host}/limited/app"}, plan)
+    print(f"faults test_429_with_retry_after_is_honoured: {json.dumps(dict(plan.injected))}")
     assert stats.failed() == [] and plan.injected["429"] > 0
     assert seed.get_manifest(registry2, "limited/app", "1")[2] == image.digest
 
@@ -71,6 +74,7 @@ async def test_corrupted_blob_is_never_committed_and_is_retried(registry: Regist
     mark = registry2.log_mark()
     stats = await run_with_faults(tmp_path, (registry, registry2),
                                   {f"{registry.host}/corrupt/app:1": f"{registry2.host}/corrupt/app"}, plan)
+    print(f"faults test_corrupted_blob_is_never_committed_and_is_retried: {json.dumps(dict(plan.injected))}")
     assert plan.injected["corrupt"] == 2
     assert stats.failed() == []
     assert seed.blob_sha256(registry2, "corrupt/app", layer.digest) == layer.digest
@@ -86,6 +90,8 @@ async def test_persistent_corruption_fails_the_image_without_pushing_its_manifes
     stats = await run_with_faults(tmp_path, (registry, registry2),
                                   {f"{registry.host}/broken/app:1": f"{registry2.host}/broken/app"}, plan,
                                   retries=1)
+    print(f"faults test_persistent_corruption_fails_the_image_without_pushing_its_manifest: "
+          f"{json.dumps(dict(plan.injected))}")
     (failure,) = stats.failed()
     assert "corrupted" in failure.reason
     assert not seed.manifest_exists(registry2, "broken/app", "1")

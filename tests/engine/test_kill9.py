@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
@@ -225,6 +226,9 @@ class ImageSet:
 
     def expected_blobs(self) -> set[tuple[str, str]]:
         return {(image.repo, blob.digest) for image in self.tops() for blob in image.blobs}
+
+    def blob_sizes(self) -> dict[str, int]:
+        return {blob.digest: blob.size for image in self.tops() for blob in image.blobs}
 
     def expected_manifests(self) -> list[tuple[str, str, str]]:
         """(repo, reference to push, digest): children by digest, then the tagged images."""
@@ -456,13 +460,18 @@ def kill_and_rerun(kind: str, hold: Hold, source: RegistryProcess, images: Image
         uploads = opened[:len(opened) - len(cancelled)]
         commits = [r for r in log if r.method == "PUT" and "/blobs/uploads/" in r.path]
         manifest_puts = [r for r in log if r.method == "PUT" and "/manifests/" in r.path]
+        # The access log has no body sizes: the bytes a re-run uploaded are the sizes of the blobs its commit
+        # PUTs name (a blob cut mid-upload by the kill is sent again whole, in a new session).
+        sizes = images.blob_sizes()
+        uploaded_bytes = sum(sizes[parse_qs(r.query)["digest"][0]] for r in commits)
         # Only what was unfinished is copied again.
         assert len(uploads) <= len(state.missing_blobs), (opened, cancelled, state.missing_blobs)
         assert len(commits) <= len(state.missing_blobs), (commits, state.missing_blobs)
         assert len(manifest_puts) <= state.manifest_pushes_needed, (manifest_puts, state)
         return {"missing_blobs": len(state.missing_blobs), "uploads": len(uploads), "commits": len(commits),
                 "manifests_needed": state.manifest_pushes_needed, "manifest_puts": len(manifest_puts),
-                "open_uploads": state.open_uploads, "first_run_manifest_puts": first_run_puts}
+                "open_uploads": state.open_uploads, "first_run_manifest_puts": first_run_puts,
+                "uploaded_bytes": uploaded_bytes}
     finally:
         source_proxy.close()
         target_proxy.close()
