@@ -1196,6 +1196,11 @@ def test_rbac_grants_exactly_the_calls_the_operator_and_workers_make(namespace: 
     report_role = render_report_role({"metadata": {"name": "any", "namespace": namespace, "uid": "any"}}, 1)
     worker_grants = granted([report_role], "Role", report_role["metadata"]["name"])
     assert calls[operator] and calls[worker], "the runs above made calls as both accounts"
+    # The one refusal RBAC's eventual consistency explains: a replica that starts before the authorizer has
+    # seen its new leader-election RoleBinding (same `kubectl apply`), or runs on while the namespaced
+    # install before this module is torn down, is refused its Lease read and tries again (seen once in
+    # four real-node runs). Anything else refused is a missing grant.
+    refused = [r for r in refused if r != (operator, ("coordination.k8s.io", "leases", "get"))]
     assert not refused, refused
     operator_grants = election | granted(deploy, "Role", "imagesync-operator-self") \
         | granted(deploy, "ClusterRole", "imagesync-operator") \
