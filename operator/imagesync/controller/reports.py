@@ -272,19 +272,29 @@ def shard_of_key(key: str, shards: int) -> int | None:
     return index if index < shards else None
 
 
+def _optional_object(data: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """``data[key]``: None when absent, else an object (a ReportError otherwise)."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ReportError(f"{key} is not an object: {_show(value)}")
+    return value
+
+
+def _boolean(data: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    if not isinstance(value := data.get(key, default), bool):
+        raise ReportError(f"{where} {key} is not a boolean: {_show(value)}")
+    return value
+
+
 def _plan(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
     """A dry run's ``plan`` (spec.dryRun): counts as the report's (ints up to MAX_COUNT, bytesToCopy up to
     MAX_BYTES), ``exact`` a bool, a state of PLAN_STATES per pair; notes and pairs capped, text clipped."""
-    value = data.get("plan")
+    value = _optional_object(data, "plan")
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise ReportError(f"plan is not an object: {_show(value)}")
     plan: dict[str, Any] = {key: _count(value, key) for key in PLAN_COUNT_KEYS}
     plan["bytesToCopy"] = int(_number(value, "bytesToCopy", MAX_BYTES))
-    if not isinstance(exact := value.get("exact", False), bool):
-        raise ReportError(f"plan exact is not a boolean: {_show(exact)}")
-    plan["exact"] = exact
+    plan["exact"] = _boolean(value, "exact", False, "plan")
     plan["notes"] = [_string(note, "a plan note", MAX_REASON, dropped)
                      for note in _list(value, "notes", MAX_PLAN_NOTES, dropped)]
     entries = []
@@ -313,15 +323,11 @@ def _plan(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
 def _prune(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
     """``prune`` (spec.prune): counts as the report's, ``dryRun`` a bool, at most MAX_PRUNE_ENTRIES entries of
     {repository, tag, action (one of PRUNE_ACTIONS), reason}, text clipped."""
-    value = data.get("prune")
+    value = _optional_object(data, "prune")
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise ReportError(f"prune is not an object: {_show(value)}")
     prune: dict[str, Any] = {key: _count(value, key) for key in PRUNE_COUNT_KEYS}
-    if not isinstance(dry_run := value.get("dryRun", True), bool):
-        raise ReportError(f"prune dryRun is not a boolean: {_show(dry_run)}")
-    prune["dryRun"] = dry_run
+    prune["dryRun"] = _boolean(value, "dryRun", True, "prune")
     entries = []
     for item in _list(value, "entries", MAX_PRUNE_ENTRIES, dropped):
         if not isinstance(item, dict) or item.get("action") not in PRUNE_ACTIONS:
