@@ -451,18 +451,31 @@ class Cluster:
                 self.fail_image_pull(pod)  # as a kubelet does for an image no registry has
                 continue
             code = await self.run_pod(pod)
+            if code is None:  # its Secret volume can't be mounted yet: a kubelet retries later
+                self.played.discard(pod.metadata.name)
+                continue
             self.finish_pod(pod, code)
 
-    async def run_pod(self, pod: Any) -> int:
-        """Run the Pod's container command here with what the kubelet would give it."""
+    async def run_pod(self, pod: Any) -> int | None:
+        """Run the Pod's container command here with what the kubelet would give it; None when the
+        Pod's config Secret does not exist (a kubelet keeps such a Pod in ContainerCreating: this
+        happens when the operator refuses a run and deletes its Secret before the garbage collector
+        has removed the Job's Pods)."""
+        import kubernetes
+
+        container = pod.spec.containers[0]
+        mount = next(m for m in container.volume_mounts if m.name == "config")
+        volume = next(v for v in pod.spec.volumes if v.name == mount.name)
+        try:
+            secret = self.core.read_namespaced_secret(volume.secret.secret_name, self.namespace)
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
         config_dir = self.workdir / pod.metadata.name / "config"
         sa_dir = self.workdir / pod.metadata.name / "serviceaccount"
         config_dir.mkdir(parents=True)
         sa_dir.mkdir()
-        container = pod.spec.containers[0]
-        mount = next(m for m in container.volume_mounts if m.name == "config")
-        volume = next(v for v in pod.spec.volumes if v.name == mount.name)
-        secret = self.core.read_namespaced_secret(volume.secret.secret_name, self.namespace)
         for key, value in (secret.data or {}).items():
             (config_dir / key).write_bytes(base64.b64decode(value))
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)}
