@@ -7,8 +7,9 @@ kopf and our handlers rely on:
   generation (bumped on spec changes), names from generateName;
 - the status subresource: a write to /status changes only status, a write to the object never does;
 - 201 Created on create;
-- replace (PUT) of a named object, with optimistic concurrency: 409 Conflict when the body's
-  resourceVersion is not the stored one (the Lease elector's updates rely on it);
+- replace (PUT) of a named object, and merge patches, with optimistic concurrency: 409 Conflict when the
+  body's resourceVersion is not the stored one (the Lease elector's updates and the operator's status
+  writes rely on it);
 - garbage collection: deleting an owner deletes what names it in ownerReferences (cascading).
 
 Everything else (admission, schema validation, pruning, RBAC) stays absent: the schema tests and the
@@ -130,6 +131,17 @@ class Emulator(kmock.KubernetesEmulator):
         return any(op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
                    and op.get("value") != current for op in request.data if isinstance(op, dict))
 
+    def _stale_merge_patch(self, request: rendering.Request) -> bool:
+        """A merge patch (of the object or its status) naming a resourceVersion that is no longer the stored
+        one: a real server answers 409 Conflict (the operator's status writes rely on it)."""
+        if request.action != enums.action.UPDATE or not isinstance(request.data, dict):
+            return False
+        wanted = (request.data.get("metadata") or {}).get("resourceVersion")
+        if not wanted:
+            return False
+        stored = self._stored(request) or {}
+        return bool(wanted != (stored.get("metadata") or {}).get("resourceVersion"))
+
     async def _replace(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """PUT: the whole object replaced (stock kmock routes no PUT), status kept where a subresource owns
         it, server-managed metadata kept, and the resourceVersion in the body a precondition."""
@@ -168,6 +180,12 @@ class Emulator(kmock.KubernetesEmulator):
         if (request.method == enums.method.PUT and request.resource is not None and request.name is not None
                 and request.subresource is None and isinstance(request.data, dict)):
             return await self._replace(request)
+        if self._stale_merge_patch(request):
+            return aiohttp.web.json_response(
+                {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 409, "reason": "Conflict",
+                 "message": f"Operation cannot be fulfilled on {request.resource and request.resource.plural} "
+                            f"{request.name!r}: the object has been modified; please apply your changes to the "
+                            "latest version and try again"}, status=409)
         if self._stale_json_patch(request):
             return aiohttp.web.json_response(
                 {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 422, "reason": "Invalid",

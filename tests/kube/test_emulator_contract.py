@@ -41,6 +41,23 @@ async def test_stale_json_patch_is_a_conflict(cluster: Cluster) -> None:
     assert response.status_code == 422
 
 
+async def test_stale_merge_patch_of_status_is_a_conflict(cluster: Cluster) -> None:
+    created = await cluster.create(isj("stale-status", {"r.io/a/b:1": "t.io/a/b"}))
+    read_version = created["metadata"]["resourceVersion"]
+    await cluster.patch(f"{ISJ_PATH}/stale-status/status", {"status": {"phase": "Running"}})
+    stale = await cluster.client.patch(
+        f"{ISJ_PATH}/stale-status/status", headers=MERGE,
+        json={"metadata": {"resourceVersion": read_version}, "status": {"phase": "Pending"}})
+    assert stale.status_code == 409 and stale.json()["reason"] == "Conflict"
+    current = (await cluster.client.get(f"{ISJ_PATH}/stale-status")).json()
+    assert current["status"]["phase"] == "Running"
+    fresh = await cluster.client.patch(
+        f"{ISJ_PATH}/stale-status/status", headers=MERGE,
+        json={"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+              "status": {"phase": "Succeeded"}})
+    assert fresh.status_code == 200 and fresh.json()["status"]["phase"] == "Succeeded"
+
+
 async def test_deleting_an_owner_collects_what_it_owns(cluster: Cluster) -> None:
     owner = await cluster.create(isj("owner", {"r.io/a/b:1": "t.io/a/b"}))
     ref = {"apiVersion": "imagesync.dev/v1alpha1", "kind": "ImageSyncJob", "name": "owner",

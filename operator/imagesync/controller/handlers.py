@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 
 from imagesync.controller import credentials as creds
-from imagesync.controller.kube import CREDS_PLURAL, GROUP, JOBS_PLURAL, VERSION, Kube
+from imagesync.controller.kube import CREDS_PLURAL, GROUP, JOBS_PLURAL, VERSION, Kube, StatusConflict
 from imagesync.controller.metrics import Metrics
 from imagesync.controller.policy import REASON as WORKER_NOT_ALLOWED
 from imagesync.controller.policy import refusal_message, worker_refusals
@@ -523,6 +523,33 @@ def merged(isj: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     return {**isj, "status": status}
 
 
+STATUS_WRITE_ATTEMPTS = 10  # reads and decisions per write; each lost race means another writer made progress
+
+
+def write_status(ctx: Context, namespace: str, name: str,
+                 decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Every ImageSyncJob status write: under the object's lock, read it fresh, ``decide`` the status patch
+    from what was read (None: nothing to write), and write it conditioned on the resourceVersion read. When
+    another writer came between (409), read and decide again. A decision is therefore never made on a stale
+    copy (kopf's event body may lag behind the final fold) and never lands after a newer write. Returns the
+    ImageSyncJob as written (for the metrics), or None when nothing was."""
+    with ctx.status_lock(namespace, name):
+        for _ in range(STATUS_WRITE_ATTEMPTS):
+            isj = ctx.kube.get_isj(namespace, name)
+            if isj is None:
+                return None  # deleted meanwhile
+            patch = decide(isj)
+            if patch is None:
+                return None
+            try:
+                ctx.kube.patch_isj_status(namespace, name, patch, str(isj["metadata"].get("resourceVersion") or ""))
+            except StatusConflict:
+                continue
+            return merged(isj, patch)
+    raise kopf.TemporaryError(f"imagesyncjob {namespace}/{name}: status changed under every one of "
+                              f"{STATUS_WRITE_ATTEMPTS} writes", delay=5)
+
+
 # -- registration --------------------------------------------------------------------------------
 
 
@@ -530,40 +557,51 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     """Register every handler into ``registry`` (a fresh one per operator, so tests stay isolated)."""
     jobs = kopf.on  # alias for readability below
 
+    def reconciled(reason: str) -> Callable[[Mapping[str, Any]], dict[str, Any] | None]:
+        def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
+            update = reconcile(ctx, isj, reason)
+            if not update and reason == "resume":
+                return None  # a restart with nothing to do writes nothing (a thousand ImageSyncJobs, one restart)
+            return with_kstatus(isj, update, now_iso())
+        return decide
+
+    def write_and_observe(namespace: str, name: str,
+                          decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> None:
+        written = write_status(ctx, namespace, name, decide)
+        if written is not None:
+            ctx.metrics.observe(written)
+
     @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
-    def isj_created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        patch.status.update(with_kstatus(body, reconcile(ctx, body, "created"), now_iso()))
-        ctx.metrics.observe(merged(body, patch.status))
+    def isj_created(body: kopf.Body, **_: Any) -> None:
+        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], reconciled("created"))
 
     @jobs.update(GROUP, VERSION, JOBS_PLURAL, field="spec", registry=registry)
-    def isj_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        patch.status.update(with_kstatus(body, reconcile(ctx, body, "spec changed"), now_iso()))
-        ctx.metrics.observe(merged(body, patch.status))
+    def isj_changed(body: kopf.Body, **_: Any) -> None:
+        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], reconciled("spec changed"))
 
     @jobs.resume(GROUP, VERSION, JOBS_PLURAL, registry=registry)
-    def isj_resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        patch.status.update(with_kstatus(body, reconcile(ctx, body, "resume"), now_iso()))
-        ctx.metrics.observe(merged(body, patch.status))
+    def isj_resumed(body: kopf.Body, **_: Any) -> None:
+        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], reconciled("resume"))
 
     def fold_active_run(namespace: str, isj_name: str, run_label: str,
                         foreign: Callable[[Mapping[str, Any], Mapping[str, Any]], bool]) -> None:
         """Fold the active run's pods and reports into its status after an event on one of its objects
         (``foreign(isj, job)``: whether that object is not the run's own, so it changes nothing)."""
-        with ctx.status_lock(namespace, isj_name):
-            isj = ctx.kube.get_isj(namespace, isj_name)
-            if isj is None or str((isj.get("status") or {}).get("run")) != run_label:
-                return  # an object of an older run, or of a deleted ImageSyncJob
-            if run_active(isj.get("status") or {}):
-                job = run_job(ctx, isj)
-                if job is None or foreign(isj, job):
-                    return  # the run's Job is gone or not its own, or the object is not the run's: nothing new
-                shards = run_shards(ctx, isj, job)
-                folded = fold_live(isj, shards.reports, shards.phases)
-                conditions = workers_condition(isj, shards)
-                if conditions is not None:
-                    folded["conditions"] = conditions
-                ctx.kube.patch_isj_status(namespace, isj["metadata"]["name"], with_kstatus(isj, folded, now_iso()))
-                ctx.metrics.observe(merged(isj, folded))
+        def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
+            status = isj.get("status") or {}
+            if str(status.get("run")) != run_label or not run_active(status):
+                return None  # an object of an older run, or of a run already finished
+            job = run_job(ctx, isj)
+            if job is None or foreign(isj, job):
+                return None  # the run's Job is gone or not its own, or the object is not the run's: nothing new
+            shards = run_shards(ctx, isj, job)
+            folded = fold_live(isj, shards.reports, shards.phases)
+            conditions = workers_condition(isj, shards)
+            if conditions is not None:
+                folded["conditions"] = conditions
+            return with_kstatus(isj, folded, now_iso())
+
+        write_and_observe(namespace, isj_name, decide)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT, LABEL_RUN: kopf.PRESENT},
                    registry=registry)
@@ -587,15 +625,15 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         if outcome is None:
             return
         meta = body["metadata"]
-        with ctx.status_lock(meta["namespace"], meta["labels"][LABEL_JOB]):
-            isj = ctx.kube.get_isj(meta["namespace"], meta["labels"][LABEL_JOB])
-            if isj is None:
-                return
+        finished: list[Mapping[str, Any]] = []  # the ImageSyncJob read, and as the run's end left it
+
+        def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
+            finished.clear()
             status = isj.get("status") or {}
             if str(status.get("run")) != meta["labels"][LABEL_RUN] or not run_active(status):
-                return  # already folded (a re-delivered event) or an older run
+                return None  # already folded (a re-delivered event) or an older run
             if run_job(ctx, isj, body) is not body:
-                return  # a Job that carries the run's labels but is not the run's own: it ends nothing
+                return None  # a Job that carries the run's labels but is not the run's own: it ends nothing
             shards = run_shards(ctx, isj, body)
             patch = finish_run(isj, outcome, shards.reports, shards.phases)
             report_logins(ctx, isj, shards.reports)
@@ -603,31 +641,39 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
                 patch.update(reconcile(ctx, after, "queued spec change"))
-            ctx.kube.patch_isj_status(meta["namespace"], isj["metadata"]["name"], with_kstatus(isj, patch, now_iso()))
+            finished[:] = [isj, after]
+            return with_kstatus(isj, patch, now_iso())
+
+        written = write_status(ctx, meta["namespace"], meta["labels"][LABEL_JOB], decide)
+        if written is not None:
+            isj, after = finished
             ctx.metrics.observe(after)  # the finished run, even when a queued run replaced it in the same patch
-            ctx.metrics.observe(merged(isj, patch))
+            ctx.metrics.observe(written)
             prune_runs(ctx, isj, int(meta["labels"][LABEL_RUN]))
 
     @kopf.timer(GROUP, VERSION, JOBS_PLURAL, interval=ctx.schedule_interval, registry=registry,
                 when=lambda spec, **_: bool(spec.get("schedule")))
-    def isj_schedule(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-        now = dt.datetime.now(dt.UTC)
-        cron = str(spec["schedule"])
-        if spec.get("suspend") or run_active(status):
-            return  # never two runs at once: a due fire waits for the active run to end
-        if not fires(cron, now):
-            return  # refused when created or changed (Valid=False): nothing to schedule
-        last = parse_time(status.get("lastScheduleTime"))
-        created = parse_time(body["metadata"].get("creationTimestamp")) or now
-        if not is_due(cron, last, created, now):
-            if not status.get("nextScheduleTime"):
-                patch.status["nextScheduleTime"] = iso(next_fire(cron, last or created))
-            return
-        update = reconcile(ctx, body, "schedule")
-        update["lastScheduleTime"] = iso(now)
-        update["nextScheduleTime"] = iso(next_fire(cron, now))
-        patch.status.update(with_kstatus(body, update, now_iso()))
-        ctx.metrics.observe(merged(body, patch.status))
+    def isj_schedule(body: kopf.Body, **_: Any) -> None:
+        def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
+            spec, status = isj.get("spec") or {}, isj.get("status") or {}
+            now = dt.datetime.now(dt.UTC)
+            cron = str(spec.get("schedule") or "")
+            if not cron or spec.get("suspend") or run_active(status):
+                return None  # never two runs at once: a due fire waits for the active run to end
+            if not fires(cron, now):
+                return None  # refused when created or changed (Valid=False): nothing to schedule
+            last = parse_time(status.get("lastScheduleTime"))
+            created = parse_time(isj["metadata"].get("creationTimestamp")) or now
+            if not is_due(cron, last, created, now):
+                if status.get("nextScheduleTime"):
+                    return None
+                return {"nextScheduleTime": iso(next_fire(cron, last or created))}
+            update = reconcile(ctx, isj, "schedule")
+            update["lastScheduleTime"] = iso(now)
+            update["nextScheduleTime"] = iso(next_fire(cron, now))
+            return with_kstatus(isj, update, now_iso())
+
+        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide)
 
     def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:
         spec = body.get("spec") or {}

@@ -18,7 +18,9 @@ Obj = dict[str, Any]
 # An API server that is restarting, overloaded or behind a load balancer answers these now and then; the same
 # call a moment later usually goes through (issue 12, point 5: tests/kube/test_flaky_api_flow.py). Every call here
 # may be repeated: reads, creates by fixed name (409 after a lost answer means it exists), deletes (404 is
-# fine), and merge patches without a resourceVersion. Handlers run in threads: sleeping blocks no event loop.
+# fine), merge patches without a resourceVersion, and status patches conditioned on one (if a lost answer had
+# applied it, the repeat meets 409 and the caller reads again). Handlers run in threads: sleeping blocks no
+# event loop.
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
@@ -37,6 +39,10 @@ def retrying(call: Callable[..., Any], *args: Any, conflict: bool = False, **kwa
                 raise
         time.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class StatusConflict(Exception):
+    """A conditioned status write met a newer object: read it again and decide again."""
 
 
 class Kube:
@@ -129,9 +135,20 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def patch_isj_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, JOBS_PLURAL, name,
-                 {"status": dict(status)}, conflict=True, _preload_content=False)
+    def patch_isj_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str) -> None:
+        """Write ``status`` only if the ImageSyncJob is still at ``resource_version`` (the version the status
+        was decided on); else raise StatusConflict. A merge patch replaces the conditions list whole, so an
+        unconditioned write decided on an older read (a delayed answer, a stale watch event, a frozen
+        leader waking up) would undo a newer one."""
+        try:
+            retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, JOBS_PLURAL,
+                     name, {"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
+                     _preload_content=False)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 409:
+                raise StatusConflict(f"imagesyncjob {namespace}/{name} changed since resourceVersion "
+                                     f"{resource_version}") from exc
+            raise
 
     def patch_regcred_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, CREDS_PLURAL, name,
