@@ -31,7 +31,6 @@ from imagesync.engine.image_transfer import DEFAULT_QPS as DEFAULT_TRANSFER_QPS
 from imagesync.engine.image_transfer import load_rules as load_transfer_rules
 from imagesync.engine.image_transfer import load_security
 from imagesync.engine.manifest import PlatformFilter
-from imagesync.engine.plan import dry_run
 from imagesync.engine.reference import ReferenceError, check_registry_host, parse_repository
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
@@ -386,6 +385,8 @@ async def _dry_run(args: argparse.Namespace, rules: Sequence[Rule], rule_errors:
                    auth: AuthTable, options: SyncOptions) -> int:
     """--dry-run: the plan (engine/plan.py; GET and HEAD requests only), as a table or as JSON (--output json,
     --result-file). Exit 0 when every pair was planned, even if copies are needed; 1 when some could not be."""
+    from imagesync.engine.plan import dry_run  # here, not at the top: a plain sync never plans
+
     plan = await dry_run(rules, rule_errors, auth, options)
     document = {"dryRun": True, **plan.as_dict(), "durationSeconds": plan.duration_seconds}
     if plan.prune is not None:

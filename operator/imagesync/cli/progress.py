@@ -19,11 +19,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from imagesync.engine.plan import Plan
 from imagesync.engine.stats import SyncStats, Transfer
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+
+    from imagesync.engine.plan import Plan  # a type only: a sync that does not plan never loads the planner
 
 # Seconds between progress records when standard error is not a terminal.
 LOG_INTERVAL = 10.0
