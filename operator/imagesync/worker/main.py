@@ -26,7 +26,6 @@ from imagesync.engine.config import AuthTable, load_auth, load_images
 from imagesync.engine.copy import SyncOptions, sync
 from imagesync.engine.errors import ConfigError, ImageSyncError, RuleError
 from imagesync.engine.manifest import PlatformFilter
-from imagesync.engine.plan import dry_run
 from imagesync.engine.prune import PruneMode
 from imagesync.engine.referrers import ReferrerOptions
 from imagesync.engine.rules import Rule, parse_rules
@@ -199,6 +198,8 @@ async def _plan_only(env: Mapping[str, str], rules: Sequence[Rule], rule_errors:
     """spec.dryRun: this shard's plan instead of its copy (GET and HEAD requests only). The final report
     carries the plan (totals, notes, the first pairs: bounded_plan) and counts the pairs as a run that copied
     nothing would: each pair planned as skipped, each that could not be planned as failed, with its reason."""
+    from imagesync.engine.plan import dry_run  # here, not at the top: a shard that copies never plans
+
     stats = SyncStats()
     reporter = reporter_from_env(env)
     await reporter.report(dict(stats.snapshot(), shard=shard_index))
