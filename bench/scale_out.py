@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +248,21 @@ def bench_set(scale_set: ScaleSet, shard_counts: Sequence[int], reps: int, quick
                       f"{run.source_registry_cpu_s:.2f} / {run.target_registry_cpu_s:.2f} s, images per shard "
                       f"{images}", file=sys.stderr, flush=True)
                 subprocess.run(["rm", "-rf", str(run_dir)], check=False)
-    return {"set": scale_set.name, "description": scale_set.description, "tags": tags, "unique_bytes": volume,
-            "rows": [summarise(n, runs[n], tags, volume) for n in shard_counts]}
+    return {"set": scale_set.name, "description": scale_set.description, "repos": len(repos), "tags": tags,
+            "unique_bytes": volume, "rows": [summarise(n, runs[n], tags, volume) for n in shard_counts]}
+
+
+def import_cpu_seconds(runs: int = 3) -> float:
+    """CPU seconds (user + system) of a fresh interpreter importing the worker's code: the start-up every
+    pod pays before its first request; the median of ``runs``."""
+    samples = []
+    for _ in range(runs):
+        process = subprocess.Popen([sys.executable, "-c", "import imagesync.worker.main"])
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError("importing imagesync.worker.main failed")
+        samples.append(usage.ru_utime + usage.ru_stime)
+    return statistics.median(samples)
 
 
 # -- summary -----------------------------------------------------------------------------------------------
@@ -309,12 +322,13 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
 # -- the model's inputs --------------------------------------------------------------------------------------
 
 
-def model_inputs(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Per-image and per-byte costs from the N = 1 rows (the small set for images, the medium set for bytes),
-    and the CPU each extra shard adds (start-up and planning every rule again) from the largest N."""
-    by_name = {r["set"]: r for r in results}
-    inputs: dict[str, float] = {}
-    for name, result in by_name.items():
+def model_inputs(results: Sequence[Mapping[str, Any]], import_cpu_s: float) -> dict[str, float]:
+    """Per-image and per-byte costs from each set's N = 1 row, and the CPU each extra shard adds (start-up
+    and planning every rule again) from its largest N, split into the import (``import_cpu_s``) and the
+    planning of each repository."""
+    inputs: dict[str, float] = {"worker_import_cpu_s": import_cpu_s}
+    for result in results:
+        name = result["set"]
         one, most = result["rows"][0], result["rows"][-1]
         if one["shards"] != 1:
             continue
@@ -322,13 +336,16 @@ def model_inputs(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         cpu, src, dst = (one[k]["median"] for k in ("cpu_s", "source_registry_cpu_s", "target_registry_cpu_s"))
         inputs[f"{name}_engine_cpu_ms_per_image"] = cpu * 1000 / tags
         inputs[f"{name}_engine_cpu_s_per_gib"] = cpu / (volume / GiB)
+        inputs[f"{name}_bytes_per_image"] = volume / tags
         inputs[f"{name}_registries_cpu_ms_per_image"] = (src + dst) * 1000 / tags
         inputs[f"{name}_target_registry_cpu_s_per_gib"] = dst / (volume / GiB)
         inputs[f"{name}_target_requests_per_image"] = one["target_requests"] / tags
         inputs[f"{name}_target_writes_per_image"] = one["target_write_requests"] / tags
         inputs[f"{name}_source_requests_per_image"] = one["source_requests"] / tags
         if most["shards"] > 1:
-            inputs[f"{name}_extra_cpu_s_per_added_shard"] = (most["cpu_s"]["median"] - cpu) / (most["shards"] - 1)
+            extra = (most["cpu_s"]["median"] - cpu) / (most["shards"] - 1)
+            inputs[f"{name}_extra_cpu_s_per_added_shard"] = extra
+            inputs[f"{name}_planning_cpu_ms_per_repo"] = max(0.0, extra - import_cpu_s) * 1000 / result["repos"]
     return inputs
 
 
@@ -366,7 +383,78 @@ def model_seconds(work: Workload, limits: Limits, pods: int) -> tuple[float, str
     return limits.fixed_s_per_pod + bounds[name], name
 
 
+GBIT = 1e9 / 8  # bytes per second
+UNBOUNDED = float("inf")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A sync on paper: the work, the limits that do not come from this machine, and where each comes from."""
+
+    name: str
+    images: int
+    repos: int
+    bytes_per_image: float
+    cost_set: str  # the measured set whose per-image costs apply ("small" or "medium")
+    requests_per_image: float | None  # at the quota-limited registry; None: the measured target writes
+    requests_per_s: float = UNBOUNDED
+    pod_link_bps: float = 10 * GBIT
+    shared_link_bps: float = 10 * GBIT
+    ingest_cores: float | None = None  # a self-hosted docker-registry target with this many cores
+
+
+SMALL_MIRROR = Scenario("20k small images (1 MiB new each) -> a target that scales", images=20_000, repos=2_000,
+                        bytes_per_image=float(MiB), cost_set="small", requests_per_image=1.0)
+BIG_IMAGES = Scenario("500 x 1 GiB images -> a target that scales, 1 Gbit/s nodes, 10 Gbit/s shared", images=500,
+                      repos=500, bytes_per_image=float(GiB), cost_set="medium", requests_per_image=1.0,
+                      pod_link_bps=1 * GBIT)
+SCENARIOS = (
+    SMALL_MIRROR,
+    # One PutImage per image (amazon ECR service quotas, default per Region).
+    replace(SMALL_MIRROR, name="same -> Amazon ECR, PutImage 10/s (default quota)", requests_per_s=10.0),
+    # Every write request counts (Artifact Registry quotas: 18,000 write requests per minute per region).
+    replace(SMALL_MIRROR, name="same -> Artifact Registry, 18,000 writes/min (default quota)",
+            requests_per_image=None, requests_per_s=300.0),
+    # A pull is a manifest GET; the engine GETs each image's manifest once (docker docs, usage and limits).
+    replace(SMALL_MIRROR, name="same <- Docker Hub, personal account: 100 pulls/hour", requests_per_s=100 / 3600),
+    BIG_IMAGES,
+    replace(BIG_IMAGES, name="same -> one docker-registry with 4 cores", ingest_cores=4.0),
+)
+
+
+def scenario_rows(inputs: Mapping[str, float], pods: Sequence[int]) -> list[tuple[str, list[tuple[float, str]]]]:
+    """Each scenario's model time for each pod count, with the measured costs as inputs: per-image CPU from
+    the small set, per-byte CPU from the medium set (its per-image part taken out), planning per repository
+    and the import per pod; the docker-registry's ingest from its measured CPU per GiB."""
+    per_image = inputs["small_engine_cpu_ms_per_image"] / 1000
+    per_byte = max(0.0, (inputs["medium_engine_cpu_ms_per_image"] / 1000 - per_image)
+                   / inputs["medium_bytes_per_image"])
+    planning = max(inputs.get(f"{name}_planning_cpu_ms_per_repo", 0.0) for name in ("small", "medium")) / 1000
+    rows = []
+    for scenario in SCENARIOS:
+        requests_per_image = (scenario.requests_per_image if scenario.requests_per_image is not None
+                              else inputs[f"{scenario.cost_set}_target_writes_per_image"])
+        ingest = (scenario.ingest_cores / inputs["medium_target_registry_cpu_s_per_gib"] * GiB
+                  if scenario.ingest_cores else UNBOUNDED)
+        work = Workload(scenario.images, scenario.images * scenario.bytes_per_image, requests_per_image)
+        limits = Limits(per_image, per_byte, inputs["worker_import_cpu_s"] + planning * scenario.repos,
+                        scenario.pod_link_bps, scenario.shared_link_bps, ingest, scenario.requests_per_s)
+        rows.append((scenario.name, [model_seconds(work, limits, n) for n in pods]))
+    return rows
+
+
 # -- main --------------------------------------------------------------------------------------------------------
+
+
+MODEL_PODS = (1, 2, 4, 8, 16, 32)
+
+
+def model_text(inputs: Mapping[str, float]) -> str:
+    lines = ["| scenario | " + " | ".join(f"N = {n}" for n in MODEL_PODS) + " |",
+             "|---|" + "---|" * len(MODEL_PODS)]
+    for name, cells in scenario_rows(inputs, MODEL_PODS):
+        lines.append(f"| {name} | " + " | ".join(f"{seconds:,.0f} s ({bound})" for seconds, bound in cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -381,7 +469,17 @@ def main() -> int:
     parser.add_argument("--reps", type=int, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny sets, one repetition: checks the harness")
     parser.add_argument("--json", type=Path, help="also write everything (every run) as JSON to this file")
+    parser.add_argument("--model-from", type=Path, metavar="JSON",
+                        help="run nothing: print the paper model's scenarios from the model inputs of an earlier "
+                             "--json file")
     args = parser.parse_args()
+    if args.model_from:
+        try:
+            inputs = json.loads(args.model_from.read_text())["model_inputs"]
+            print(model_text(inputs))
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"--model-from {args.model_from}: not a scale-out JSON with both sets' inputs ({exc!r})")
+        return 0
     if any(n < 1 for n in args.shards):
         parser.error("--shards: every N must be 1 or more")
     reps = args.reps or (1 if args.quick else 3)
@@ -394,7 +492,7 @@ def main() -> int:
             print(f"== {name}: {SETS[name].description}{' (quick: shrunk)' if args.quick else ''}",
                   file=sys.stderr, flush=True)
             results.append(bench_set(SETS[name], args.shards, reps, args.quick, workdir / name))
-    inputs = model_inputs(results)
+        inputs = model_inputs(results, import_cpu_seconds())
     print(header(machine))
     if args.quick:
         print("QUICK RUN: tiny sets, 1 repetition: checks the harness, not figures.")
@@ -402,9 +500,13 @@ def main() -> int:
           f"at once; medians of {reps} (min-max). all CPU s / wall s: the shards' and both registries' CPU over "
           f"the wall time (this machine has {machine['nproc']} CPUs).\n")
     print(table(results))
-    print("\nModel inputs (N = 1 medians):\n")
+    print("\nModel inputs (N = 1 medians; extra CPU per added shard from the largest N):\n")
     for key, value in inputs.items():
         print(f"- {key}: {value:.3g}")
+    if {"small", "medium"} <= set(args.sets):
+        print("\nThe paper model, time(N) ~ fixed + max(CPU / N, bytes / link, requests / quota, bytes / ingest), "
+              "with these inputs:\n")
+        print(model_text(inputs))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "options": {"sets": args.sets, "shards": args.shards,
