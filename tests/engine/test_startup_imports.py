@@ -12,16 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from cli_helpers import auth_for
 
 from testbed import seed
 from testbed.registry import RegistryProcess
 
-# Loaded only by what needs them: the dry-run planner, the terminal display (rich, only on a terminal),
-# semver filters (nodesemver), signature keys (cryptography), the operator (kopf, kubernetes) and the worker.
-NOT_FOR_A_SYNC = ("imagesync.engine.plan", "rich", "nodesemver", "cryptography", "kopf", "kubernetes",
-                  "imagesync.controller", "imagesync.worker")
+# Loaded only by what needs them: the dry-run planner, YAML files (PyYAML; image-syncer's default files are
+# JSON), the terminal display (rich, only on a terminal), semver filters (nodesemver), signature keys
+# (cryptography), the operator (kopf, kubernetes) and the worker.
+NOT_FOR_A_SYNC = ("imagesync.engine.plan", "yaml", "imagesync.engine.yaml_config", "rich", "nodesemver",
+                  "cryptography", "kopf", "kubernetes", "imagesync.controller", "imagesync.worker")
 
 # Runs main() and prints, as its last line, the exit code and every module loaded by then.
 RUN_MAIN = ("import json, sys; from imagesync.cli.main import main; code = main(sys.argv[1:]); "
@@ -52,17 +52,20 @@ def test_importing_the_cli_loads_none_of_them() -> None:
 def test_a_sync_loads_none_of_them_and_a_dry_run_loads_the_planner(
         registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
     seed.push_image(registry, "startup/app", "1", seed="startup")
-    rules = {f"{registry.host}/startup/app": f"{registry2.host}/startup/app"}
-    (tmp_path / "images.yaml").write_text(yaml.safe_dump(rules))
-    (tmp_path / "auth.yaml").write_text(yaml.safe_dump(auth_for(registry, registry2)))
-    files = ("--images", str(tmp_path / "images.yaml"), "--auth", str(tmp_path / "auth.yaml"))
+    # JSON files, image-syncer's own format: reading them needs no PyYAML.
+    (tmp_path / "images.json").write_text(json.dumps({f"{registry.host}/startup/app": f"{registry2.host}/startup/app"}))
+    (tmp_path / "auth.json").write_text(json.dumps(auth_for(registry, registry2)))
+    files = ("--images", str(tmp_path / "images.json"), "--auth", str(tmp_path / "auth.json"))
 
     code, modules = run_main("sync", *files)
     assert code == 0
     assert "imagesync.engine.blobs" in modules and "httpcore" in modules  # it did copy, over HTTP
     assert loaded(modules, NOT_FOR_A_SYNC) == []
 
-    # The same check sees a module imported on first use, deep in a run: the planner, by --dry-run.
-    code, modules = run_main("sync", *files, "--dry-run")
+    # The same check sees modules imported on first use, deep in a run: the planner, by --dry-run, and
+    # PyYAML for a rules file in YAML.
+    (tmp_path / "images.yaml").write_text((tmp_path / "images.json").read_text())  # JSON is YAML too
+    code, modules = run_main("sync", "--images", str(tmp_path / "images.yaml"), "--auth", str(tmp_path / "auth.json"),
+                             "--dry-run")
     assert code == 0
-    assert loaded(modules, NOT_FOR_A_SYNC) == ["imagesync.engine.plan"]
+    assert loaded(modules, NOT_FOR_A_SYNC) == ["imagesync.engine.plan", "yaml", "imagesync.engine.yaml_config"]

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imagesync.engine.config import AuthEntry, AuthTable, load_auth, load_images, load_legacy_config
 from imagesync.engine.errors import ConfigError, ImageSyncError
 from imagesync.engine.image_transfer import DEFAULT_QPS as TRANSFER_QPS
@@ -172,6 +170,8 @@ def _job(name: str, images: Mapping[str, object], credentials: list[str], option
 
 def render(documents: Sequence[Mapping[str, Any]], header: str = "") -> str:
     """YAML documents separated by ``---`` (block style; long PEM and regexes kept readable)."""
+    import yaml  # here, not at the top: this module is loaded by every sync, PyYAML only by convert or YAML files
+
     parts = [yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False, width=1000) for doc in documents]
     return header + "---\n".join(parts)
 
