@@ -69,6 +69,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # anyio then split into four (copying the rest each time), and each piece cost a trip through anyio, h11 and
 # httpx (measured on 256 MiB layers: a third of the engine's CPU per byte was that per-read overhead).
 READ_SIZE = 256 * 1024
+# Connections per httpcore pool (see _PoolShards): a registry with more gets several pools.
+POOL_SHARD_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -559,6 +561,67 @@ def http_transport(verify: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncH
     return transport
 
 
+class _CountedStream(httpx.AsyncByteStream):
+    """A response body that gives its pool's request slot back when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _PoolShards(httpx.AsyncBaseTransport):
+    """One registry's connections in pools of at most :data:`POOL_SHARD_CONNECTIONS`, each request sent through
+    the pool with the fewest requests under way (the first such: connections are reused before new ones open).
+
+    httpcore's pool, on every request start and end, polls each of its idle connections and, for each idle one,
+    lists all of them again: work growing with the square of its connections (measured on 1000 tiny images
+    through 34 connections: 16.9 CPU-s in one pool, 10.5 in pools of 8).
+    """
+
+    def __init__(self, verify: ssl.SSLContext, limits: httpx.Limits) -> None:
+        total = limits.max_connections or POOL_SHARD_CONNECTIONS
+        count = -(-total // POOL_SHARD_CONNECTIONS)
+        size = -(-total // count)
+        keepalive = limits.max_keepalive_connections
+        shard_limits = httpx.Limits(max_connections=size,
+                                    max_keepalive_connections=size if keepalive is None else -(-keepalive // count),
+                                    keepalive_expiry=limits.keepalive_expiry)
+        self._shards = [http_transport(verify, shard_limits) for _ in range(count)]
+        self._busy = [0] * count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = self._busy.index(min(self._busy))
+        self._busy[index] += 1
+
+        def release() -> None:
+            self._busy[index] -= 1
+
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CountedStream(response.stream, release)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     # The system trust store (not certifi's bundle) so that corporate CAs installed on the host work,
     # plus the CA file the user names for a registry with a private CA.
@@ -657,7 +720,7 @@ class RegistryHTTP:
     # -- connection set-up ---------------------------------------------------------------------
 
     def _make_client(self, verify: ssl.SSLContext) -> httpx.AsyncClient:
-        transport = self._transport or http_transport(verify, self._limits)
+        transport = self._transport or _PoolShards(verify, self._limits)
         return httpx.AsyncClient(
             transport=transport, timeout=self._timeout, headers={"User-Agent": USER_AGENT},
             follow_redirects=True,
