@@ -233,6 +233,10 @@ class ReferrerCopier:
         self.syncer = syncer
         self.options = options
         self._subjects: dict[tuple[str, str, str], asyncio.Task[SubjectResult]] = {}
+        # Per source repository: its tag listing, that listing as a set, and whether any tag is a referrers
+        # fallback tag (sha256-...). Built once per listing, not per image: per image it was work growing with
+        # the square of a repository's tags.
+        self._tag_sets: dict[tuple[str, str], tuple[list[str], frozenset[str], bool]] = {}
 
     async def after_image(self, pair: ImagePair, outcome: ImageOutcome) -> ImageOutcome:
         """Copy the referrers of an image that is now at the target; a failure fails the image unless optional."""
@@ -260,8 +264,8 @@ class ReferrerCopier:
     async def copy_for_image(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
                              dst_repo: Repository, digest: str) -> SubjectResult:
         result = await self._subject(src, src_repo, dst, dst_repo, digest, 0)
-        tags = await self._source_tags(src, src_repo)
-        if src.referrers_api is False and not any(t.startswith("sha256-") for t in tags):
+        fallback_tags = await self._has_fallback_tags(src, src_repo)
+        if src.referrers_api is False and not fallback_tags:
             return result  # no API and no referrer tag in the repository: no child can have referrers
         try:
             manifest = await dst.get_manifest(dst_repo.path, digest)
@@ -354,12 +358,24 @@ class ReferrerCopier:
 
     async def _source_tags(self, src: RegistryClient, repo: Repository) -> frozenset[str]:
         """The source repository's tags (the planner's listing when it made one; none for a 404)."""
+        return (await self._tag_set(src, repo))[1]
+
+    async def _has_fallback_tags(self, src: RegistryClient, repo: Repository) -> bool:
+        """Whether any of the source repository's tags is a referrers fallback tag (``sha256-...``)."""
+        return (await self._tag_set(src, repo))[2]
+
+    async def _tag_set(self, src: RegistryClient, repo: Repository) -> tuple[list[str], frozenset[str], bool]:
         try:
-            return frozenset(await self.syncer.source_tags(repo))
+            tags: list[str] = await self.syncer.source_tags(repo)
         except RegistryError as exc:
             if exc.status == 404:
-                return frozenset()
+                return [], frozenset(), False
             raise
+        key = (src.host, repo.path)
+        known = self._tag_sets.get(key)
+        if known is None or known[0] is not tags:  # a listing tried again after a failure is a new list
+            known = self._tag_sets[key] = (tags, frozenset(tags), any(t.startswith("sha256-") for t in tags))
+        return known
 
     async def _source_referrers(self, src: RegistryClient, repo: Repository,
                                 subject: str) -> tuple[list[dict[str, Any]], Manifest | None]:
