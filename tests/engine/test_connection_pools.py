@@ -1,7 +1,7 @@
 """The engine's connection handling against a minimal real HTTP/1.1 server on 127.0.0.1: kept-alive connections
 are reused across the pools a registry's connections are spread over (transport._PoolShards), every response gives
 its pool slot back, and a connection the server closed while idle is noticed before a request is put on it
-(transport._readable)."""
+(transport._readable); and no cookie a server sets is ever sent back."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Server:
     connections: int = 0
     requests: int = 0
     served_by: list[int] = field(default_factory=list)  # for each request, the number of its connection
+    heads: list[bytes] = field(default_factory=list)
     waiting: int = 0
     all_waiting: asyncio.Event = field(default_factory=asyncio.Event)
     expect_waiting: int = 0
@@ -36,6 +37,7 @@ class Server:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 length = 0
                 for line in head.split(b"\r\n"):
                     name, _, value = line.partition(b":")
@@ -50,7 +52,7 @@ class Server:
                         self.all_waiting.set()
                     await self.hold.wait()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+                             b"Set-Cookie: session=planted\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
                 await writer.drain()
                 if self.close_after_answer:
                     break
@@ -108,3 +110,12 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> 
         # Each request went out once, on a new connection: none was sent on a closed one and retried.
         assert http.requests_sent == 1 + 10
         assert server.requests == 11 and server.connections == 11
+
+
+async def test_a_cookie_the_server_sets_is_not_sent_back() -> None:
+    server = Server()
+    async with serving(server) as http:
+        for _ in range(3):
+            await get(http)
+    assert len(server.heads) == 4
+    assert not any(b"cookie:" in head.lower() for head in server.heads), server.heads
