@@ -160,10 +160,19 @@ class ScaleRun:
     cpu_s: float  # all shard processes
     source_registry_cpu_s: float
     target_registry_cpu_s: float
+    # Everything else the machine ran meanwhile (other users' work, this driver): the machine is shared.
+    others_cpu_s: float
     target_requests: dict[str, int]
     source_requests: int
     load_average: list[float]
     per_shard: list[Shard]
+
+
+def machine_busy_cpu_seconds() -> float:
+    """CPU seconds every process on this machine has used since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def run_shards(workdir: Path, source: RegistryProcess, target: RegistryProcess, repos: Sequence[str],
@@ -175,6 +184,7 @@ def run_shards(workdir: Path, source: RegistryProcess, target: RegistryProcess, 
     load = [round(x, 2) for x in os.getloadavg()]
     source_mark, target_mark = source.log_mark(), target.log_mark()
     source_cpu, target_cpu = process_cpu_seconds(source.pid), process_cpu_seconds(target.pid)
+    machine_cpu = machine_busy_cpu_seconds()
     started: dict[int, tuple[int, float, Path]] = {}
     first = time.monotonic()
     for index in range(shards):
@@ -202,8 +212,11 @@ def run_shards(workdir: Path, source: RegistryProcess, target: RegistryProcess, 
                              usage.ru_maxrss * KiB, os.waitstatus_to_exitcode(status)))
         results[-1].counts = parse_summary(out.read_text()) if results[-1].returncode == 0 else {}
     seconds = time.monotonic() - first
-    run = ScaleRun(shards, seconds, sum(s.cpu_s for s in results),
-                   process_cpu_seconds(source.pid) - source_cpu, process_cpu_seconds(target.pid) - target_cpu,
+    machine_cpu = machine_busy_cpu_seconds() - machine_cpu
+    source_cpu, target_cpu = process_cpu_seconds(source.pid) - source_cpu, process_cpu_seconds(target.pid) - target_cpu
+    shards_cpu = sum(s.cpu_s for s in results)
+    run = ScaleRun(shards, seconds, shards_cpu, source_cpu, target_cpu,
+                   max(0.0, machine_cpu - shards_cpu - source_cpu - target_cpu),
                    request_kinds(target.request_log(target_mark)), len(source.request_log(source_mark)), load,
                    sorted(results, key=lambda s: s.index))
     for shard in run.per_shard:
@@ -285,6 +298,7 @@ def summarise(shards: int, runs: Sequence[ScaleRun], tags: int, volume: int) -> 
         "slowest_shard_cpu_s": spread([max(s.cpu_s for s in r.per_shard) for r in runs]),
         "source_registry_cpu_s": spread([r.source_registry_cpu_s for r in runs]),
         "target_registry_cpu_s": spread([r.target_registry_cpu_s for r in runs]),
+        "others_cpu_s": spread([r.others_cpu_s for r in runs]),
         "images_per_shard": per_shard_images,
         "blobs_copied": sum(s.counts["blobs_copied"] for s in median_run.per_shard),
         "blobs_mounted": sum(s.counts["blobs_mounted"] for s in median_run.per_shard),
@@ -301,8 +315,8 @@ def summarise(shards: int, runs: Sequence[ScaleRun], tags: int, volume: int) -> 
 def table(results: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| set | N | wall s | speed-up | shards' CPU s (all) | slowest shard CPU s | registries' CPU s "
              "src / dst | all CPU s / wall s | images per shard | blobs copied / mounted | target requests "
-             "(writes) | source requests |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(writes) | source requests | others' CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         base = result["rows"][0]["seconds"]["median"]
         for row in result["rows"]:
@@ -315,7 +329,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
                 f"{number(row['target_registry_cpu_s']['median'])} | {busy:.2f} | "
                 f"{' / '.join(str(i) for i in row['images_per_shard'])} | {row['blobs_copied']} / "
                 f"{row['blobs_mounted']} | {row['target_requests']} ({row['target_write_requests']}) | "
-                f"{row['source_requests']} |")
+                f"{row['source_requests']} | {number(row['others_cpu_s']['median'])} |")
     return "\n".join(lines)
 
 
@@ -418,7 +432,7 @@ SCENARIOS = (
     # A pull is a manifest GET; the engine GETs each image's manifest once (docker docs, usage and limits).
     replace(SMALL_MIRROR, name="same <- Docker Hub, personal account: 100 pulls/hour", requests_per_s=100 / 3600),
     BIG_IMAGES,
-    replace(BIG_IMAGES, name="same -> one docker-registry with 4 cores", ingest_cores=4.0),
+    replace(BIG_IMAGES, name="same -> one docker-registry with 2 cores", ingest_cores=2.0),
 )
 
 
@@ -498,7 +512,8 @@ def main() -> int:
         print("QUICK RUN: tiny sets, 1 repetition: checks the harness, not figures.")
     print(f"\nN worker processes (`imagesync worker`, IMAGESYNC_SHARDS=N, JOB_COMPLETION_INDEX=0..N-1) started "
           f"at once; medians of {reps} (min-max). all CPU s / wall s: the shards' and both registries' CPU over "
-          f"the wall time (this machine has {machine['nproc']} CPUs).\n")
+          f"the wall time (this machine has {machine['nproc']} CPUs); others' CPU s: what the rest of the machine used "
+          f"meanwhile (/proc/stat less the shards and registries).\n")
     print(table(results))
     print("\nModel inputs (N = 1 medians; extra CPU per added shard from the largest N):\n")
     for key, value in inputs.items():
