@@ -753,6 +753,48 @@ async def test_leader_pod_deleted_mid_run_the_standby_takes_over_with_one_job(ap
     assert lease_holder(api) in {p.metadata.name for p in operator_pods(api)}
 
 
+async def test_a_rolling_update_mid_run_makes_no_second_job_and_loses_no_fold(
+        api: Any, cluster: Cluster, registries: Registries, request: pytest.FixtureRequest) -> None:
+    """`kubectl rollout restart` of the two-replica Deployment while a run copies (at 1 MiB/s): RollingUpdate
+    (maxSurge 1, maxUnavailable 0) replaces both Pods, each old leader releases the Lease on SIGTERM, a new Pod
+    leads; the run still has exactly one Job and ends Succeeded with exact counts, folded by whoever leads."""
+    if not INSTALLED:
+        pytest.skip("needs the installed Deployment's two replicas (IMAGESYNC_E2E_OPERATOR_IMAGE)")
+    request.getfixturevalue("installed_operator")
+    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=180s")
+    await cluster.wait("a leader", lambda: lease_holder(api), timeout=60)
+    before = {p.metadata.name for p in operator_pods(api)}
+    image = seed.push_image(registries.source, "rollout/app", "1", layers=(12 << 20, 12 << 20), seed="rollout")
+    cluster.credentials_for(registries)
+    cluster.create("imagesyncjobs", "rollout", {"bandwidth": "1MiB/s", "images": {
+        f"{registries.source_host}/rollout/app:1": f"{registries.target_host}/rollout/app"}})
+    await cluster.wait("a Job", lambda: cluster.jobs("rollout"), timeout=60)
+    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "restart", "deployment/imagesync-operator")
+    started = time.monotonic()
+    running = cluster.get("imagesyncjobs", "rollout")["status"]
+    assert running.get("completionTime") is None, "the run ended before the rollout began: nothing was tested"
+    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/imagesync-operator", "--timeout=240s",
+            timeout=300)
+    rolled = time.monotonic() - started
+
+    def new_pod_leading() -> str | None:
+        holder = lease_holder(api)
+        return holder if holder and holder not in before else None
+
+    new_leader = await cluster.wait("a new Pod leading", new_pod_leading, timeout=60)
+    status = await cluster.finished("rollout")
+    print(f"rolling update: both operator Pods replaced in {rolled:.1f}s, {new_leader} leads; the run ended "
+          f"{status['phase']}")
+    assert status["phase"] == "Succeeded" and status["run"] == 1, status
+    progress = status["progress"]
+    assert (progress["imagesTotal"], progress["imagesSynced"], progress["imagesFailed"]) == (1, 1, 0), progress
+    assert condition(status, "Complete")["status"] == "True"
+    assert [j.metadata.name for j in cluster.jobs("rollout")] == ["rollout-r1"]
+    assert seed.get_manifest(registries.target, "rollout/app", "1")[2] == image.digest
+    await cluster.wait("the old operator Pods gone", lambda: not before & {p.metadata.name for p in operator_pods(api)},
+                       timeout=120)
+
+
 @pytest.mark.usefixtures("operator")
 async def test_spec_change_during_a_run_is_queued_then_run(cluster: Cluster, registries: Registries) -> None:
     seed.push_image(registries.source, "queue/a", "1", seed="qa")
