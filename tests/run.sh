@@ -19,7 +19,9 @@ echo "==> pytest"
 if [ "$#" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${IMAGESYNC_SKIP_E2E:-}" != "1" ]; }; then
     bash tests/e2e/local-cluster.sh build
     trap 'bash tests/e2e/local-cluster.sh stop' EXIT
-    e2e() { "$VENV/bin/pytest" -q -p no:cacheprovider -m e2e tests/e2e "$@"; }
+    # A test still running after 10 min (none takes 3) has hung: faulthandler prints every thread's stack, so the
+    # log says where (a played stage once sat idle after a test, cause unknown).
+    e2e() { "$VENV/bin/pytest" -q -p no:cacheprovider -o faulthandler_timeout=600 -m e2e tests/e2e "$@"; }
 
     echo "==> e2e, played kubelet: control plane only (API server, controllers) on loopback"
     kubeconfig="$(LOCAL_CLUSTER_NODE=0 bash tests/e2e/local-cluster.sh start)"
