@@ -212,6 +212,11 @@ def render_job(isj: Mapping[str, Any], run: int, spec: JobSpec, settings: Operat
         "template": {"metadata": {"labels": run_labels}, "spec": pod_spec},
     }
     if shards > 1:
+        # Shards scale out only across nodes (docs/scale-out.md: on one node they share its CPUs with each
+        # other): spread them, preferred, not required, so a one-node cluster still runs every shard.
+        pod_spec["topologySpreadConstraints"] = [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {LABEL_JOB: run_labels[LABEL_JOB], LABEL_RUN: run_labels[LABEL_RUN]}}}]
         job_spec["completionMode"] = "Indexed"
         # Per shard on clusters that have it (1.28+ with the JobBackoffLimitPerIndex gate, on by default from
         # 1.29): one shard failing over and over cannot use up the others' retries, and every shard runs to
