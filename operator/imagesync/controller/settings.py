@@ -35,6 +35,15 @@ class SettingsError(ValueError):
     pass
 
 
+# kopf runs the (synchronous) handlers in a thread pool. Its default size, min(32, CPUs + 4), follows the CPU
+# count of the node (a container sees the node's), and so did the operator's memory and its burst of API calls
+# after a restart; a fixed size keeps both the same on every node. docs/operator-scale.md has the figures:
+# 1000 ImageSyncJobs, 50 runs starting at once, on 2 cores.
+DEFAULT_HANDLER_THREADS = 8
+MAX_HANDLER_THREADS = 64
+HANDLER_THREADS_ENV = "IMAGESYNC_HANDLER_THREADS"
+
+
 # Leader election (controller/leader.py, docs/operator.md "High availability"): client-go's defaults. Another
 # replica takes over at most LEASE_DURATION + RETRY_PERIOD after the leader's last renewal; the leader gives
 # up RENEW_DEADLINE after its last renewal, so it has stopped before anyone else can start.
@@ -114,6 +123,20 @@ def seconds_setting(value: str | None, name: str, default: int | None, minimum: 
     return seconds
 
 
+def handler_threads_from(env: Mapping[str, str]) -> int:
+    """How many handlers run at once (IMAGESYNC_HANDLER_THREADS): 1 to MAX_HANDLER_THREADS."""
+    value = env.get(HANDLER_THREADS_ENV)
+    if value is None or not value.strip():
+        return DEFAULT_HANDLER_THREADS
+    try:
+        threads = int(value.strip())
+    except ValueError:
+        raise SettingsError(f"{HANDLER_THREADS_ENV}={value!r}: expected a whole number of threads") from None
+    if not 1 <= threads <= MAX_HANDLER_THREADS:
+        raise SettingsError(f"{HANDLER_THREADS_ENV}={value!r}: expected 1 to {MAX_HANDLER_THREADS} threads")
+    return threads
+
+
 def worker_deadline_from(env: Mapping[str, str]) -> int | None:
     return seconds_setting(env.get("IMAGESYNC_WORKER_DEADLINE_SECONDS"), "IMAGESYNC_WORKER_DEADLINE_SECONDS",
                            DEFAULT_WORKER_DEADLINE_SECONDS)
@@ -187,6 +210,8 @@ class OperatorSettings:
     # Leader election among the operator's replicas: None decides by where it runs (on in a Pod; main.py).
     leader_elect: bool | None = None
     lease_timings: LeaseTimings = field(default_factory=LeaseTimings)
+    # kopf's handler threads (see DEFAULT_HANDLER_THREADS; read from the process environment when not given).
+    handler_threads: int = field(default_factory=lambda: handler_threads_from(os.environ))
 
     def __post_init__(self) -> None:
         from imagesync.controller.policy import image_rule  # policy builds on this module
@@ -218,4 +243,5 @@ class OperatorSettings:
             allowed_node_selector_keys=allowlist_from(env, "allowed_node_selector_keys"),
             leader_elect=switch_setting(env.get("IMAGESYNC_LEADER_ELECT"), "IMAGESYNC_LEADER_ELECT"),
             lease_timings=LeaseTimings.from_env(env),
+            handler_threads=handler_threads_from(env),
         )
