@@ -65,6 +65,21 @@ async def test_nothing_decided_writes_nothing(cluster: Cluster, ctx: Context) ->
     assert await asyncio.to_thread(write_status, ctx, NAMESPACE, "gone", lambda _: {"phase": "X"}) is None
 
 
+async def test_a_decision_that_changes_nothing_writes_nothing(cluster: Cluster, ctx: Context) -> None:
+    await cluster.create(isj(NAME, {"r.io/a/b:1": "t.io/a/b"}))
+    await cluster.patch(f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/imagesyncjobs/{NAME}/status",
+                        {"status": {"phase": "Running", "progress": {"imagesSynced": 1}}})
+    before = cluster.isj(NAME)
+    assert before is not None
+    same = await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME, lambda _: {"phase": "Running"})
+    assert same is not None and same["status"]["progress"] == {"imagesSynced": 1}
+    after = cluster.isj(NAME)
+    assert after is not None and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME, lambda _: {"phase": "Succeeded"})
+    changed = cluster.isj(NAME)
+    assert changed is not None and changed["status"]["phase"] == "Succeeded"
+
+
 async def test_a_status_that_changes_under_every_write_is_left_to_kopfs_retry(cluster: Cluster, ctx: Context) -> None:
     await cluster.create(isj(NAME, {"r.io/a/b:1": "t.io/a/b"}))
     decisions = [0]

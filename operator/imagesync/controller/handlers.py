@@ -572,11 +572,14 @@ def write_status(ctx: Context, namespace: str, name: str,
             patch = decide(isj)
             if patch is None:
                 return None
+            written = merged(isj, patch)
+            if written["status"] == merged(isj, {})["status"]:
+                return written  # the same status again (a restart re-delivers every Pod and report): no write
             try:
                 ctx.kube.patch_isj_status(namespace, name, patch, str(isj["metadata"].get("resourceVersion") or ""))
             except StatusConflict:
                 continue
-            return merged(isj, patch)
+            return written
     raise kopf.TemporaryError(f"imagesyncjob {namespace}/{name}: status changed under every one of "
                               f"{STATUS_WRITE_ATTEMPTS} writes", delay=5)
 
