@@ -600,10 +600,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         return decide
 
     def write_and_observe(namespace: str, name: str,
-                          decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> None:
+                          decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> bool:
+        """write_status, then the metrics of what was written; whether anything was."""
         written = write_status(ctx, namespace, name, decide)
         if written is not None:
             ctx.metrics.observe(written)
+        return written is not None
 
     @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_created(body: kopf.Body, **_: Any) -> None:
@@ -616,11 +618,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @jobs.resume(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_resumed(body: kopf.Body, **_: Any) -> None:
         # Decided on kopf's copy first: a restart reads and writes nothing for a settled ImageSyncJob.
-        if not settled(body):
-            written = write_status(ctx, body["metadata"]["namespace"], body["metadata"]["name"], reconciled("resume"))
-            if written is not None:
-                ctx.metrics.observe(written)
-                return
+        if not settled(body) and write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"],
+                                                   reconciled("resume")):
+            return
         ctx.metrics.observe(body)  # a new process: its series start from what the ImageSyncJob shows
 
     def fold_active_run(namespace: str, isj_name: str, run_label: str,
