@@ -229,10 +229,16 @@ class FakeKube:
         return self.configmap if self.configmap and self.configmap["metadata"]["name"] == name else None
 
     def list_regcreds(self, namespace: str) -> list[dict[str, Any]]:
-        return [{"metadata": {"name": name, "generation": 1}, "spec": {"registry": registry}, "status": {}}
+        return [{"metadata": {"name": name, "generation": 1, "resourceVersion": "1"},
+                 "spec": {"registry": registry}, "status": {}}
                 for name, registry in (("source", "source.example.com"), ("victim", "victim.example.com"))]
 
-    def patch_regcred_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        assert plural == "registrycredentials"
+        return next((r for r in self.list_regcreds(namespace) if r["metadata"]["name"] == name), None)
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
+                     resource_version: str) -> None:
         self.patched.append((name, status))
 
 

@@ -13,9 +13,16 @@ import kopf
 import kubernetes
 import pytest
 from kube.conftest import Cluster
-from kube.objects import NAMESPACE, isj
+from kube.objects import NAMESPACE, basic_auth_secret, isj, regcred
 
-from imagesync.controller.handlers import STATUS_WRITE_ATTEMPTS, Context, write_status
+from imagesync.controller import handlers
+from imagesync.controller.handlers import (
+    STATUS_WRITE_ATTEMPTS,
+    Context,
+    check_credential,
+    report_logins,
+    write_status,
+)
 from imagesync.controller.kube import Kube
 from imagesync.controller.settings import OperatorSettings
 
@@ -94,3 +101,60 @@ async def test_a_status_that_changes_under_every_write_is_left_to_kopfs_retry(cl
         await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME, decide)
     stored = cluster.isj(NAME)
     assert decisions[0] == STATUS_WRITE_ATTEMPTS and stored is not None and "phase" not in stored["status"]
+
+
+# -- RegistryCredentials: a run's refused login against the periodic Secret check ----------------------------
+# The flake this closes (tests/kube/test_operator_flow.py::test_refused_login_shows_on_the_registry_credential, red
+# in CI once): the Secret check wrote its verdict from kopf's copy of the RegistryCredential, taken before the
+# run's end wrote Ready=False/LoginRejected, and so turned it back into Ready=True/SecretValid for good.
+
+CREDS = "imagesync.dev/v1alpha1/registrycredentials"
+REGISTRY = "r.example.com"
+
+
+def ready(cluster: Cluster, name: str) -> Mapping[str, Any]:
+    stored = cluster.emulator.get(CREDS, NAMESPACE, name) or {}
+    return next(c for c in stored["status"]["conditions"] if c["type"] == "Ready")
+
+
+async def rejected_by_a_run(cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A valid RegistryCredential checked once, kopf's copy of it as then, and a run's refused login after it."""
+    monkeypatch.setattr(handlers, "post_event", lambda *args, **kwargs: None)  # no kopf context here
+    await cluster.create(basic_auth_secret("login", "user", "wrong"))
+    await cluster.create(regcred("cred", REGISTRY, secret="login"))
+    copy = cluster.emulator.get(CREDS, NAMESPACE, "cred")
+    assert copy is not None
+    await asyncio.to_thread(check_credential, ctx, copy)
+    assert ready(cluster, "cred")["reason"] == "SecretValid"
+    kopf_copy = cluster.emulator.get(CREDS, NAMESPACE, "cred")
+    assert kopf_copy is not None
+    run = {"metadata": {"name": "mirror", "namespace": NAMESPACE},
+           "status": {"run": 1, "credentials": [{"name": "cred", "registry": REGISTRY}]}}
+    await asyncio.to_thread(report_logins, ctx, run, {0: {"loginsRejected": [REGISTRY]}})
+    assert ready(cluster, "cred")["reason"] == "LoginRejected"
+    return kopf_copy
+
+
+async def test_a_secret_check_on_kopfs_older_copy_keeps_a_refused_login(
+        cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    kopf_copy = await rejected_by_a_run(cluster, ctx, monkeypatch)
+    await asyncio.to_thread(check_credential, ctx, kopf_copy)  # the timer, on the copy from before the run's end
+    condition = ready(cluster, "cred")
+    assert (condition["status"], condition["reason"]) == ("False", "LoginRejected")
+    assert "refused these credentials during run 1 of mirror" in condition["message"]
+
+
+async def test_a_later_accepted_login_clears_the_refusal_and_a_changed_spec_is_left_to_its_own_check(
+        cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    kopf_copy = await rejected_by_a_run(cluster, ctx, monkeypatch)
+    run = {"metadata": {"name": "mirror", "namespace": NAMESPACE},
+           "status": {"run": 2, "credentials": [{"name": "cred", "registry": REGISTRY}]}}
+    await asyncio.to_thread(report_logins, ctx, run, {0: {"loginsAccepted": [REGISTRY]}})
+    assert ready(cluster, "cred")["reason"] == "LoginAccepted"
+    await cluster.patch(f"/apis/imagesync.dev/v1alpha1/namespaces/{NAMESPACE}/registrycredentials/cred",
+                        {"spec": {"registry": "other.example.com"}})
+    before = cluster.emulator.get(CREDS, NAMESPACE, "cred")
+    assert before is not None
+    await asyncio.to_thread(check_credential, ctx, kopf_copy)  # a check of the old spec writes nothing
+    after = cluster.emulator.get(CREDS, NAMESPACE, "cred")
+    assert after is not None and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

@@ -16,6 +16,7 @@ client; they are registered into a registry the caller provides, so tests get a 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -56,14 +57,14 @@ from imagesync.controller.schedule import fires, is_due, next_fire
 from imagesync.controller.settings import OperatorSettings
 from imagesync.controller.spec import DEFAULT_HISTORY_LIMIT, JobSpec, SpecError, parse_job_spec
 from imagesync.controller.status import (
-    credential_verdict,
     final_phase,
     find_condition,
     fold_progress,
-    kstatus_conditions,
+    login_verdict,
     make_condition,
     plan_message,
     pod_problem,
+    secret_verdict,
     with_kstatus,
 )
 
@@ -94,15 +95,16 @@ class Context:
     schedule_interval: float = 30.0
     credential_check_interval: float = 300.0
     metrics: Metrics = field(default_factory=Metrics)  # observe() after every ImageSyncJob status patch
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks: dict[tuple[str, str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     warned: Once = field(default_factory=Once)  # foreign pods, ConfigMaps and bad reports are logged once each
 
-    def status_lock(self, namespace: str, name: str) -> threading.Lock:
+    def status_lock(self, plural: str, namespace: str, name: str) -> threading.Lock:
         """Pod, ConfigMap and Job events of one ImageSyncJob read-modify-write its status one at a time: a late
-        progress fold must not overwrite the final phase that the Job's end just wrote."""
+        progress fold must not overwrite the final phase that the Job's end just wrote. The same for a
+        RegistryCredential's Secret checks and the logins its runs report."""
         with self._locks_guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+            return self._locks.setdefault((plural, namespace, name), threading.Lock())
 
 
 def post_event(obj: Mapping[str, Any], type_: str, *, reason: str, message: str) -> None:
@@ -485,32 +487,43 @@ def report_logins(ctx: Context, isj: Mapping[str, Any], reports: Mapping[int, An
     meta, status = isj["metadata"], isj.get("status") or {}
     accepted = {k for r in reports.values() for k in r.get("loginsAccepted") or [] if isinstance(k, str)}
     rejected = {k for r in reports.values() for k in r.get("loginsRejected") or [] if isinstance(k, str)}
-    used = {entry.get("name"): entry.get("registry") for entry in status.get("credentials") or []}
-    if not (accepted | rejected) & set(used.values()):
-        return
-    for regcred in ctx.kube.list_regcreds(meta["namespace"]):
-        name = regcred["metadata"]["name"]
-        registry = used.get(name)
-        if registry is None or registry != (regcred.get("spec") or {}).get("registry"):
-            continue  # not used by this run, or its registry changed since
-        cred_status = regcred.get("status") or {}
-        previous = cred_status.get("conditions")
-        ready = find_condition(previous, "Ready") or {}
-        generation = regcred["metadata"].get("generation", 1)
-        if registry in rejected:
-            message = f"{registry} refused these credentials during run {status.get('run')} of {meta['name']}"
-            conditions = make_condition(previous, "Ready", "False", "LoginRejected", message, generation, now_iso())
-            post_event(regcred, "Warning", reason="LoginRejected", message=message)
-        elif registry in accepted and ready.get("reason") == "LoginRejected":
-            conditions = make_condition(previous, "Ready", "True", "LoginAccepted",
-                                        f"{registry} accepted these credentials", generation, now_iso())
-        else:
+    for entry in status.get("credentials") or []:
+        name, registry = entry.get("name"), entry.get("registry")
+        if not isinstance(name, str) or not isinstance(registry, str) or registry not in accepted | rejected:
             continue
-        ready = find_condition(conditions, "Ready") or {}
-        conditions = kstatus_conditions(conditions, credential_verdict(
-            str(ready.get("status")), str(ready.get("reason")), str(ready.get("message"))), generation, now_iso())
-        ctx.kube.patch_regcred_status(meta["namespace"], name, {"conditions": conditions, "lastCheckTime": now_iso(),
-                                                                "observedGeneration": generation})
+        message = (f"{registry} refused these credentials during run {status.get('run')} of {meta['name']}"
+                   if registry in rejected else f"{registry} accepted these credentials")
+        decide = functools.partial(login_verdict, registry=registry, rejected=registry in rejected,
+                                   message=message, now=now_iso())
+        written = write_status(ctx, meta["namespace"], name, decide, CREDS_PLURAL)
+        if written is not None and registry in rejected:
+            post_event(written, "Warning", reason="LoginRejected", message=message)
+
+
+def check_credential(ctx: Context, body: Mapping[str, Any]) -> None:
+    """Check the Secret (and CA source) a RegistryCredential names and write its Ready condition. The Secret is
+    read once, for the spec kopf delivered; the status is decided on a fresh read: a run's LoginRejected,
+    written after kopf's copy was taken, must not be undone by that copy (a flake of the refused-login test)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    generation = body["metadata"].get("generation", 1)
+    try:
+        resolve_from_cluster(ctx, namespace, body)
+        verdict = ("True", "SecretValid", "credentials found for " + str((body.get("spec") or {}).get("registry")))
+    except creds.CredentialError as exc:
+        verdict = ("False", exc.reason, exc.message)
+    read: list[Mapping[str, Any]] = []
+
+    def decide(regcred: Mapping[str, Any]) -> dict[str, Any] | None:
+        read.append(regcred)
+        if regcred["metadata"].get("generation", 1) != generation:
+            return None  # the spec changed since: its own handler checks the new one
+        return secret_verdict(regcred, *verdict, now_iso())
+    written = write_status(ctx, namespace, name, decide, CREDS_PLURAL)
+    if written is not None and read:
+        was = find_condition((read[-1].get("status") or {}).get("conditions"), "Ready") or {}
+        ready = find_condition(written["status"].get("conditions"), "Ready") or {}
+        if ready.get("status") == "False" and (was.get("status"), was.get("reason")) != ("False", ready["reason"]):
+            post_event(written, "Warning", reason=str(ready["reason"]), message=str(ready.get("message", "")))
 
 
 RUN_KINDS = ("Job", "Secret", "ConfigMap", "Role", "RoleBinding")
@@ -558,29 +571,31 @@ STATUS_WRITE_ATTEMPTS = 10  # reads and decisions per write; each lost race mean
 
 
 def write_status(ctx: Context, namespace: str, name: str,
-                 decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Every ImageSyncJob status write: under the object's lock, read it fresh, ``decide`` the status patch
-    from what was read (None: nothing to write), and write it conditioned on the resourceVersion read. When
-    another writer came between (409), read and decide again. A decision is therefore never made on a stale
-    copy (kopf's event body may lag behind the final fold) and never lands after a newer write. Returns the
-    ImageSyncJob as written (for the metrics), or None when nothing was."""
-    with ctx.status_lock(namespace, name):
+                 decide: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+                 plural: str = JOBS_PLURAL) -> dict[str, Any] | None:
+    """Every status write (of an ImageSyncJob, or with ``plural`` a RegistryCredential): under the object's lock,
+    read it fresh, ``decide`` the status patch from what was read (None: nothing to write), and write it
+    conditioned on the resourceVersion read. When another writer came between (409), read and decide again. A
+    decision is therefore never made on a stale copy (kopf's event body may lag behind the final fold) and never
+    lands after a newer write. Returns the object as written (for the metrics), or None when nothing was."""
+    with ctx.status_lock(plural, namespace, name):
         for _ in range(STATUS_WRITE_ATTEMPTS):
-            isj = ctx.kube.get_isj(namespace, name)
-            if isj is None:
+            obj = ctx.kube.get_custom(plural, namespace, name)
+            if obj is None:
                 return None  # deleted meanwhile
-            patch = decide(isj)
+            patch = decide(obj)
             if patch is None:
                 return None
-            written = merged(isj, patch)
-            if written["status"] == merged(isj, {})["status"]:
+            written = merged(obj, patch)
+            if written["status"] == merged(obj, {})["status"]:
                 return written  # the same status again (a restart re-delivers every Pod and report): no write
             try:
-                ctx.kube.patch_isj_status(namespace, name, patch, str(isj["metadata"].get("resourceVersion") or ""))
+                ctx.kube.patch_status(plural, namespace, name, patch,
+                                      str(obj["metadata"].get("resourceVersion") or ""))
             except StatusConflict:
                 continue
             return written
-    raise kopf.TemporaryError(f"imagesyncjob {namespace}/{name}: status changed under every one of "
+    raise kopf.TemporaryError(f"{plural} {namespace}/{name}: status changed under every one of "
                               f"{STATUS_WRITE_ATTEMPTS} writes", delay=5)
 
 
@@ -709,36 +724,16 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
         write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide)
 
-    def check_credential(body: kopf.Body, patch: kopf.Patch) -> None:
-        spec = body.get("spec") or {}
-        generation = body["metadata"].get("generation", 1)
-        try:
-            resolve_from_cluster(ctx, body["metadata"]["namespace"], body)
-            state, reason, message = "True", "SecretValid", "credentials found for " + str(spec.get("registry"))
-        except creds.CredentialError as exc:
-            state, reason, message = "False", exc.reason, exc.message
-        previous = (body.get("status") or {}).get("conditions")
-        was = find_condition(previous, "Ready")
-        if state == "True" and was and was.get("reason") == "LoginRejected" \
-                and was.get("observedGeneration") == generation:
-            # The Secret is well-formed, but the registry refused it: only a run that logs in (or a
-            # changed spec) clears that.
-            state, reason, message = "False", "LoginRejected", str(was.get("message", ""))
-        if state == "False" and (was is None or was.get("status") != "False" or was.get("reason") != reason):
-            post_event(body, "Warning", reason=reason, message=message)
-        patch.status.update(observedGeneration=generation, lastCheckTime=now_iso(), conditions=kstatus_conditions(
-            previous, credential_verdict(state, reason, message), generation, now_iso()))
-
     @kopf.on.create(GROUP, VERSION, CREDS_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, CREDS_PLURAL, field="spec", registry=registry)
     @kopf.on.resume(GROUP, VERSION, CREDS_PLURAL, registry=registry)
-    def credential_changed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        check_credential(body, patch)
+    def credential_changed(body: kopf.Body, **_: Any) -> None:
+        check_credential(ctx, body)
 
     @kopf.timer(GROUP, VERSION, CREDS_PLURAL, interval=ctx.credential_check_interval, registry=registry)
-    def credential_recheck(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    def credential_recheck(body: kopf.Body, **_: Any) -> None:
         # A Secret created, fixed or deleted after the RegistryCredential shows up here.
-        check_credential(body, patch)
+        check_credential(ctx, body)
 
     @kopf.on.event(GROUP, VERSION, JOBS_PLURAL, registry=registry,
                    when=lambda type, **_: type == "DELETED")

@@ -79,8 +79,9 @@ class Kube:
     def get_job(self, namespace: str, name: str) -> Obj | None:
         return self._get(self.batch.read_namespaced_job, name, namespace)
 
-    def get_isj(self, namespace: str, name: str) -> Obj | None:
-        return self._get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, JOBS_PLURAL, name)
+    def get_custom(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """An ImageSyncJob (JOBS_PLURAL) or a RegistryCredential (CREDS_PLURAL)."""
+        return self._get(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
     def list_regcreds(self, namespace: str) -> list[Obj]:
         result = self._json(retrying(self.custom.list_namespaced_custom_object,
@@ -135,21 +136,18 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def patch_isj_status(self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str) -> None:
-        """Write ``status`` only if the ImageSyncJob is still at ``resource_version`` (the version the status
-        was decided on); else raise StatusConflict. A merge patch replaces the conditions list whole, so an
+    def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any],
+                     resource_version: str) -> None:
+        """Write ``status`` only if the object is still at ``resource_version`` (the version the status was
+        decided on); else raise StatusConflict. A merge patch replaces the conditions list whole, so an
         unconditioned write decided on an older read (a delayed answer, a stale watch event, a frozen
         leader waking up) would undo a newer one."""
         try:
-            retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, JOBS_PLURAL,
+            retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural,
                      name, {"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
                      _preload_content=False)
         except kubernetes.client.ApiException as exc:
             if exc.status == 409:
-                raise StatusConflict(f"imagesyncjob {namespace}/{name} changed since resourceVersion "
+                raise StatusConflict(f"{plural} {namespace}/{name} changed since resourceVersion "
                                      f"{resource_version}") from exc
             raise
-
-    def patch_regcred_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        retrying(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, CREDS_PLURAL, name,
-                 {"status": dict(status)}, conflict=True, _preload_content=False)

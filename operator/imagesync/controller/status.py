@@ -351,6 +351,45 @@ def kstatus_conditions(conditions: Sequence[Mapping[str, Any]] | None, verdict: 
                           verdict.message if verdict.stalled else "", generation, now)
 
 
+def credential_status(regcred: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]] | None,
+                      now: str) -> dict[str, Any]:
+    """A RegistryCredential's status patch: ``conditions`` (with Ready set) plus the kstatus conditions."""
+    generation = int(regcred["metadata"].get("generation") or 1)
+    ready = find_condition(conditions, "Ready") or {}
+    conditions = kstatus_conditions(conditions, credential_verdict(
+        str(ready.get("status")), str(ready.get("reason")), str(ready.get("message"))), generation, now)
+    return {"conditions": conditions, "lastCheckTime": now, "observedGeneration": generation}
+
+
+def secret_verdict(regcred: Mapping[str, Any], state: str, reason: str, message: str, now: str) -> dict[str, Any]:
+    """The status patch of a check of ``regcred``'s Secret (``state``: "True" when it resolved). A refused login
+    at this generation outlives a well-formed Secret: only a run that logs in, or a changed spec, clears it."""
+    previous = (regcred.get("status") or {}).get("conditions")
+    generation = int(regcred["metadata"].get("generation") or 1)
+    was = find_condition(previous, "Ready") or {}
+    if state == "True" and was.get("reason") == "LoginRejected" and was.get("observedGeneration") == generation:
+        state, reason, message = "False", "LoginRejected", str(was.get("message", ""))
+    return credential_status(regcred, make_condition(previous, "Ready", state, reason, message, generation, now), now)
+
+
+def login_verdict(regcred: Mapping[str, Any], registry: str, rejected: bool, message: str,
+                  now: str) -> dict[str, Any] | None:
+    """The status patch that a run's login result makes on ``regcred`` (None: nothing). A rejection makes Ready
+    False/LoginRejected; an accepted login clears only a rejection. A credential whose registry changed since
+    the run started is not the one the run used."""
+    if registry != (regcred.get("spec") or {}).get("registry"):
+        return None
+    previous = (regcred.get("status") or {}).get("conditions")
+    generation = int(regcred["metadata"].get("generation") or 1)
+    if rejected:
+        return credential_status(regcred, make_condition(previous, "Ready", "False", "LoginRejected", message,
+                                                         generation, now), now)
+    if (find_condition(previous, "Ready") or {}).get("reason") == "LoginRejected":
+        return credential_status(regcred, make_condition(previous, "Ready", "True", "LoginAccepted", message,
+                                                         generation, now), now)
+    return None
+
+
 def with_kstatus(isj: Mapping[str, Any], patch: Mapping[str, Any], now: str) -> dict[str, Any]:
     """``patch`` (an ImageSyncJob status patch) plus the kstatus conditions and observedGeneration of the
     status it leads to. observedGeneration is the generation the controller last acted on (a patch that
