@@ -459,19 +459,30 @@ def _content_length(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+async def read_blob(src: RegistryClient, src_repo: str, blob: Descriptor, *, policy: RetryPolicy,
+                    progress: Progress | None = None) -> list[bytes]:
+    """A blob up to MONOLITHIC_MAX read whole and verified (a broken read resumed where the source allows):
+    at most one chunk's worth in memory, and a corrupted blob never reaches the target, not even as a body
+    the registry would refuse."""
+    async with SourceFeed(src, src_repo, blob, policy=policy, progress=progress) as feed:
+        return [piece async for piece in feed.stream()]
+
+
+async def put_blob(dst: RegistryClient, dst_repo: str, blob: Descriptor, location: str, pieces: list[bytes]) -> None:
+    """Commit a blob read by read_blob into the upload session at ``location`` (one ``PUT ?digest=``)."""
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    await dst.upload_blob(dst_repo, location, blob.digest, blob.size, body())
+
+
 async def copy_blob(src: RegistryClient, src_repo: str, dst: RegistryClient, dst_repo: str, blob: Descriptor,
                     location: str, *, policy: RetryPolicy, progress: Progress | None = None) -> None:
     """Copy ``blob`` into the upload session at ``location``, verified, resuming broken reads and uploads."""
+    if blob.size <= MONOLITHIC_MAX:
+        await put_blob(dst, dst_repo, blob, location,
+                       await read_blob(src, src_repo, blob, policy=policy, progress=progress))
+        return
     async with SourceFeed(src, src_repo, blob, policy=policy, progress=progress) as feed:
-        if blob.size <= MONOLITHIC_MAX:
-            # Read and verified whole before the PUT ?digest= starts (at most one chunk's worth in memory): a
-            # corrupted blob never reaches the target, not even as a body the registry would refuse.
-            pieces = [piece async for piece in feed.stream()]
-
-            async def body() -> AsyncIterator[bytes]:
-                for piece in pieces:
-                    yield piece
-
-            await dst.upload_blob(dst_repo, location, blob.digest, blob.size, body())
-            return
         await _Upload(dst, dst_repo, blob, location, feed, policy).run()

@@ -20,7 +20,6 @@ layers may together show more than the total.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -110,12 +109,8 @@ class Planner:
     async def plan(self, pairs: Sequence[ImagePair], planning_failures: Sequence[ImageOutcome] = ()) -> Plan:
         """Every pair in order, after the rules that could not be expanded."""
         result = Plan(entries=[PairPlan(f.source, f.target, "failed", reason=f.reason) for f in planning_failures])
-        pending = list(pairs)
-        if self.options.skip_existing and not self.options.force:
-            # The copy's own listing (one tags/list per target repository): a pair it drops is up to date.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(self.syncer.deadline_at):
-                    pending = await self.syncer._drop_existing(pending)
+        # The copy's own listing of target repositories: with --skip-existing a pair it drops is up to date.
+        pending = await self.syncer.list_targets(pairs)
         to_plan = {id(pair) for pair in pending}
         planned = iter(await asyncio.gather(*(self._plan_in_time(pair, result) for pair in pending)))
         result.entries.extend(next(planned) if id(pair) in to_plan else
