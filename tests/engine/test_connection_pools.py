@@ -1,7 +1,8 @@
 """The engine's connection handling against a minimal real HTTP/1.1 server on 127.0.0.1: kept-alive connections
 are reused across the pools a registry's connections are spread over (transport._PoolShards), every response gives
 its pool slot back, and a connection the server closed while idle is noticed before a request is put on it
-(transport._readable); and no cookie a server sets is ever sent back."""
+(transport._readable); no cookie a server sets is ever sent back; and answers are read through the engine's own
+network backend (transport._LargeReads)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import pytest
+
+from imagesync.engine import transport
 from imagesync.engine.transport import POOL_SHARD_CONNECTIONS, Endpoint, RegistryHTTP
 
 BODY = b"x" * 3000
@@ -119,3 +123,22 @@ async def test_a_cookie_the_server_sets_is_not_sent_back() -> None:
             await get(http)
     assert len(server.heads) == 4
     assert not any(b"cookie:" in head.lower() for head in server.heads), server.heads
+
+
+async def test_every_answer_is_read_through_the_large_read_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # transport.http_transport replaces httpx's private pool to put its network backend in (httpx has no parameter
+    # for one; pyproject pins httpx 0.28.x). Should an httpx upgrade build its pool elsewhere, requests would go
+    # through httpx's own reads of 64 KiB again, silently (B: 2.3 instead of 1.7 CPU-s per GiB): this fails then.
+    asked: list[int] = []
+    original = transport._LargeReads.read
+
+    async def recorded(self: transport._LargeReads, max_bytes: int, timeout: float | None = None) -> bytes:
+        asked.append(max_bytes)
+        return await original(self, max_bytes, timeout)
+
+    monkeypatch.setattr(transport._LargeReads, "read", recorded)
+    server = Server()
+    async with serving(server) as http:
+        for _ in range(3):
+            await get(http)
+    assert len(asked) >= 4, asked  # the /v2/ probe's answer and the three GETs', at least one read each

@@ -554,6 +554,7 @@ def http_transport(verify: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncH
     """httpx's transport with reads of up to :data:`READ_SIZE`: its pool is made again with our network backend
     (httpx has no parameter for one; the pool is what it would build for these settings, without a proxy)."""
     transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, retries=0)
+    # tests/engine/test_connection_pools.py fails if requests stop reaching this pool (an httpx upgrade).
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=verify, max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
