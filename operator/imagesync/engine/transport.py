@@ -891,12 +891,14 @@ class RegistryHTTP:
             cached = self._tokens.get(key)
             if cached and cached.expires > time.monotonic():
                 return cached.value
-            if self._logged_in:
-                token = await self._fetch_token(challenge, key)
-            else:
+            token: _Token | None = None
+            if not self._logged_in:
                 async with self._first_login:
-                    token = await self._fetch_token(challenge, key)
-                    self._logged_in = True
+                    if not self._logged_in:  # else another scope's fetch logged in while this one waited
+                        token = await self._fetch_token(challenge, key)
+                        self._logged_in = True
+            if token is None:
+                token = await self._fetch_token(challenge, key)
             self._tokens[key] = token
             return token.value
 
