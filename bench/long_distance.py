@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import signal
 import subprocess
 import sys
@@ -39,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import build_c, measured, storage  # noqa: E402
+from contenders import measure, process_cpu_seconds  # noqa: E402
+from run import build_c, storage  # noqa: E402
 
 from testbed import seed  # noqa: E402
 from testbed.net import free_port  # noqa: E402
@@ -208,14 +210,22 @@ def run_one(data_set: LongSet, contender: str, proc: int | None, workdir: Path, 
                                          "--all", "--preserve-digests", str(workdir / "skopeo.yaml"),
                                          f"{dst_host}/{prefix}")
                 env = skopeo.env
-            seconds, _rss, code = measured(command, env)
+            registries_cpu = process_cpu_seconds(source.pid) + process_cpu_seconds(target.pid)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            result = measure(command, env)
+            registries_cpu = process_cpu_seconds(source.pid) + process_cpu_seconds(target.pid) - registries_cpu
+            after = resource.getrusage(resource.RUSAGE_SELF)
         finally:
             stats = proxy.stop()
-        assert code == 0, f"{contender} failed on {data_set.name}"
+        assert result.returncode == 0, f"{contender} failed on {data_set.name}"
         source_log, target_log = source.request_log(mark), target.request_log()
         return {
             "set": data_set.name, "contender": contender if proc is None else f"{contender} --proc {proc}",
-            "proc": proc or (DEFAULT_PROC if contender == "imagesync" else 1), "seconds": seconds,
+            "proc": proc or (DEFAULT_PROC if contender == "imagesync" else 1), "seconds": result.seconds,
+            # CPU seconds during the run: the tool's, the two registries', and this process's (the two token
+            # servers are threads of it): on 2 cores, what the latency floor leaves out.
+            "cpu_s": {"tool": result.cpu_s, "registries": registries_cpu,
+                      "token_servers": after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime},
             "images": data_set.images,
             "source": classify(source_log), "target": classify(target_log),
             "tokens": {"source": source.token_server.request_count, "target": target.token_server.request_count},
@@ -254,18 +264,22 @@ def bench_set(data_set: LongSet, args: argparse.Namespace, workdir: Path) -> lis
 
 def table(rows: list[dict[str, Any]], rtt: float) -> str:
     lines = ["| set | contender | wall s | floor s | x floor | requests / image (src + dst) | "
-             "/v2/ probes src / dst | tokens src / dst | connections src / dst / token servers | proxy CPU s |",
+             "/v2/ probes src / dst | tokens src / dst | connections src / dst / token servers | "
+             "CPU s: tool / registries / token servers / proxy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         floor = floor_seconds(SETS[r["set"]], r["proc"], rtt)
-        c = r["connections"]
+        c, cpu = r["connections"], r["cpu_s"]
+        ratio = f"{r['seconds'] / floor:.1f}" if floor else "-"  # no floor without a delay
         per_image = (r["source"]["total"] + r["target"]["total"]) / r["images"]
         lines.append(
-            f"| {r['set']} | {r['contender']} | {r['seconds']:.2f} | {floor:.2f} | {r['seconds'] / floor:.1f} | "
+            f"| {r['set']} | {r['contender']} | {r['seconds']:.2f} | {floor:.2f} | "
+            f"{ratio} | "
             f"{per_image:.1f} ({r['source']['total']} + {r['target']['total']}) | "
             f"{r['source'].get('v2_probe', 0)} / {r['target'].get('v2_probe', 0)} | "
             f"{r['tokens']['source']} / {r['tokens']['target']} | "
-            f"{c['source']} / {c['target']} / {c['source-token'] + c['target-token']} | {r['proxy_cpu_s']:.2f} |")
+            f"{c['source']} / {c['target']} / {c['source-token'] + c['target-token']} | "
+            f"{cpu['tool']:.2f} / {cpu['registries']:.2f} / {cpu['token_servers']:.2f} / {r['proxy_cpu_s']:.2f} |")
     return "\n".join(lines)
 
 
