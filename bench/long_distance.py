@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from contenders import measure, process_cpu_seconds  # noqa: E402
+from contenders import installed_bytecode, measure, process_cpu_seconds  # noqa: E402
 from run import build_c, storage  # noqa: E402
 
 from testbed import seed  # noqa: E402
@@ -292,6 +292,7 @@ def main() -> int:
     parser.add_argument("--rate", help="bandwidth cap per connection and direction (default none)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
+    installed_bytecode()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="imagesync-long-") as tmp, storage(Path(tmp) / "data") as workdir:
         cal = calibrate(workdir, args.delay_ms)

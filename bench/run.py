@@ -40,6 +40,7 @@ from contenders import (
     ROOT,
     Measured,
     imagesync_command,
+    installed_bytecode,
     measure,
     process_cpu_seconds,
     request_kinds,
@@ -432,6 +433,7 @@ def main() -> int:
                              "push floor); a ratio to a contender left out shows as -")
     parser.add_argument("--json", type=Path, help="also write everything (every run) as JSON")
     args = parser.parse_args()
+    installed_bytecode()
     reps = args.reps or (1 if args.quick else 3)
     options = {"sets": args.sets, "contenders": args.contenders, "reps": reps, "quick": args.quick,
                "startup_runs": args.startup_runs or (3 if args.quick else 10)}

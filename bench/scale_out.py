@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from contenders import ROOT, process_cpu_seconds, request_kinds
+from contenders import ROOT, installed_bytecode, process_cpu_seconds, request_kinds
 from machine import describe, header
 from run import number, storage, stored_blob_bytes, with_range
 from startup import spread
@@ -487,6 +487,7 @@ def main() -> int:
                         help="run nothing: print the paper model's scenarios from the model inputs of an earlier "
                              "--json file")
     args = parser.parse_args()
+    installed_bytecode()
     if args.model_from:
         try:
             inputs = json.loads(args.model_from.read_text())["model_inputs"]

@@ -13,7 +13,6 @@ registry side and exit. The three commands alternate within each round; medians 
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from contenders import ROOT, imagesync_command, measure
+from contenders import ROOT, imagesync_command, installed_bytecode, measure
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -69,10 +68,7 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 def startup_bench(workdir: Path, runs: int) -> dict[str, Any]:
-    # Bytecode as an installed imagesync has it (the image compiles it at build time): this environment sets
-    # PYTHONDONTWRITEBYTECODE, so a module edited since its .pyc was written would be compiled again on
-    # every run and counted as start-up (measured: transport.py 3 ms to load from bytecode, 11 ms without).
-    compileall.compile_dir(ROOT / "operator" / "imagesync", quiet=1)
+    installed_bytecode()
     with RegistryProcess(workdir / "source") as source, RegistryProcess(workdir / "target") as target:
         seed.push_image(source, STARTUP_REPO, "1", layers=(1024,), seed="startup")
         sync = imagesync_command(workdir / "imagesync", source, target, [STARTUP_REPO])
