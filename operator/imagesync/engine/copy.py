@@ -393,17 +393,20 @@ class Syncer:
 
     async def _list_targets(self, repos: Sequence[Repository]) -> None:
         """One tags/list per repository, at once, into _target_tags. A repository that does not exist yet lists
-        nothing; one whose listing fails is left out (its images get the per-tag HEAD)."""
+        nothing; one whose listing fails is left out (its images get the per-tag HEAD). A warning only when
+        --skip-existing asked for the listing: else it is an optimisation (a registry may grant push but not list)."""
+        level = logging.WARNING if self.options.skip_existing else logging.INFO
+
         async def listed(repo: Repository) -> frozenset[str] | None:
             try:
                 return frozenset(await self.registries.client_for(repo).list_tags(repo.path))
             except RegistryError as exc:
                 if exc.status == 404:  # NAME_UNKNOWN: the repository does not exist yet
                     return frozenset()
-                log.warning("%s; checking each tag of %s instead", exc, repo)
+                log.log(level, "%s; checking each tag of %s instead", exc, repo)
                 return None
             except ImageSyncError as exc:
-                log.warning("%s; checking each tag of %s instead", exc, repo)
+                log.log(level, "%s; checking each tag of %s instead", exc, repo)
                 return None
 
         for repo, tags in zip(repos, await asyncio.gather(*(listed(repo) for repo in repos)), strict=True):
