@@ -10,14 +10,19 @@ and 6 round trips per image where a push needs 5).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
+import yaml
 from cli_helpers import auth_for, run_sync
 
-from imagesync.engine.copy import SPECULATIVE_READ_BYTES, TARGET_LIST_MIN_IMAGES
+from imagesync.engine.config import load_auth
+from imagesync.engine.copy import SPECULATIVE_READ_BYTES, TARGET_LIST_MIN_IMAGES, SyncOptions, sync
+from imagesync.engine.rules import parse_rules
 from testbed import seed
 from testbed.registry import LoggedRequest, RegistryProcess
 
@@ -83,3 +88,39 @@ def test_few_images_keep_the_per_tag_head_and_a_big_blob_the_target_has_is_not_s
                              "PUT uploads": 2, "PUT manifests": 1}
     committed = [parse_qs(r.query)["digest"][0] for r in target if r.method == "PUT" and "/uploads/" in r.path]
     assert sorted(committed) == sorted(b.digest for b in image.blobs if b.digest != layer.digest)
+
+
+class RefusedListing(httpx.AsyncBaseTransport):
+    """The registry, but every tags/list is refused (403 DENIED), as a registry that grants push and not list."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport(retries=0)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/tags/list"):
+            return httpx.Response(403, json={"errors": [{"code": "DENIED", "message": "no listing"}]},
+                                  request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_target_that_refuses_its_listing_gets_a_head_per_tag(
+        registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    for tag in range(TAGS):
+        seed.push_image(registry, "hub/many", str(tag), seed=f"many-{tag}")
+    seed.push_image(registry2, "mirror/many", "0", seed="many-0")  # already there: the HEAD still finds it
+    auth_file = tmp_path / "auth.yaml"
+    auth_file.write_text(yaml.safe_dump(auth_for(registry, registry2)))
+    rules, errors = parse_rules({f"{registry.host}/hub/many": f"{registry2.host}/mirror/many"})
+    mark = registry2.log_mark()
+    with caplog.at_level(logging.INFO, logger="imagesync.engine.copy"):
+        stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0),
+                           transport_factory=lambda endpoint: RefusedListing() if endpoint.host == registry2.host
+                           else None)
+    assert (stats.count("synced"), stats.count("skipped"), stats.count("failed")) == (TAGS - 1, 1, 0)
+    assert kinds(registry2.request_log(mark))["HEAD manifests"] == TAGS
+    (line,) = [r for r in caplog.records if "checking each tag of" in r.getMessage()]
+    assert line.levelno == logging.INFO and "mirror/many" in line.getMessage()
