@@ -40,6 +40,8 @@ def clip(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
     """``text`` as one short line: control characters and line breaks become spaces, runs of whitespace
     one space, and anything past ``limit`` characters is replaced by an ellipsis."""
     # Only the head is looked at: a multi-megabyte string costs no more than a short one.
-    head = "".join(c if c.isprintable() else " " for c in text[: limit * 4 + 1])
+    head = text[: limit * 4 + 1]
+    if not head.isprintable():  # the common case (a digest, a media type) skips the walk over its characters
+        head = "".join(c if c.isprintable() else " " for c in head)
     flat = " ".join(head.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
