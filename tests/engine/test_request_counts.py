@@ -21,8 +21,15 @@ import yaml
 from cli_helpers import auth_for, run_sync
 
 from imagesync.engine.config import load_auth
-from imagesync.engine.copy import SPECULATIVE_READ_BYTES, TARGET_LIST_MIN_IMAGES, SyncOptions, sync
-from imagesync.engine.rules import parse_rules
+from imagesync.engine.copy import (
+    SPECULATIVE_READ_BYTES,
+    TARGET_LIST_MIN_IMAGES,
+    SyncOptions,
+    sync,
+    target_lists_wanted,
+)
+from imagesync.engine.reference import parse_image
+from imagesync.engine.rules import ImagePair, parse_rules
 from testbed import seed
 from testbed.registry import LoggedRequest, RegistryProcess
 
@@ -124,3 +131,17 @@ async def test_a_target_that_refuses_its_listing_gets_a_head_per_tag(
     assert kinds(registry2.request_log(mark))["HEAD manifests"] == TAGS
     (line,) = [r for r in caplog.records if "checking each tag of" in r.getMessage()]
     assert line.levelno == logging.INFO and "mirror/many" in line.getMessage()
+
+
+def test_which_target_repositories_are_listed() -> None:
+    def pair(target: str) -> ImagePair:
+        return ImagePair(parse_image("src.example.com/a/b:1"), parse_image(target), "rule")
+
+    many = [pair(f"dst.example.com/many:{i}") for i in range(TARGET_LIST_MIN_IMAGES)]
+    few = [pair(f"dst.example.com/few:{i}") for i in range(TARGET_LIST_MIN_IMAGES - 1)]
+    by_digest = [pair("dst.example.com/pinned@sha256:" + f"{i:064x}") for i in range(TARGET_LIST_MIN_IMAGES)]
+    pairs = many + few + by_digest
+    assert [str(r) for r in target_lists_wanted(pairs, skip_existing=False)] == ["dst.example.com/many"]
+    # --skip-existing decides by the listing: every repository with a tagged image is listed.
+    assert [str(r) for r in target_lists_wanted(pairs, skip_existing=True)] == ["dst.example.com/many",
+                                                                                 "dst.example.com/few"]
