@@ -16,12 +16,14 @@ import datetime as dt
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
 PHASES = ("Pending", "Running", "Succeeded", "PartiallyFailed", "Failed", "Suspended")
@@ -129,29 +131,75 @@ def _job_key(isj: Mapping[str, Any]) -> tuple[str, str] | None:
     return (namespace, name) if isinstance(namespace, str) and isinstance(name, str) else None
 
 
+@dataclass
+class JobSeries:
+    """One ImageSyncJob's metric values, kept as plain numbers and turned into series at scrape time
+    (:class:`JobCollector`): prometheus_client's labelled children took 8.9 KB per ImageSyncJob (15 children,
+    each with its lock), 8.9 MB at 1000, most of them never-run suspended ones (docs/operator-scale.md)."""
+
+    seen: Seen
+    created: float  # the counters' start (their _created sample)
+    phase: str | None = None
+    images: dict[str, int] = field(default_factory=dict)
+    copied_bytes: float = 0.0
+    runs: dict[str, int] = field(default_factory=dict)
+
+
+def job_families(jobs: Mapping[tuple[str, str], JobSeries]) -> list[Metric]:
+    """Pure: every ImageSyncJob's series, as the metric families a scrape shows."""
+    phase = GaugeMetricFamily("imagesync_job_status_phase",
+                              "ImageSyncJob phase: 1 for the current phase, 0 for the others",
+                              labels=[*JOB_LABELS, "phase"])
+    images = GaugeMetricFamily("imagesync_job_run_images", "Images of the current or last run by outcome so far "
+                               "(synced, skipped as already up to date, failed)", labels=[*JOB_LABELS, "outcome"])
+    copied = CounterMetricFamily("imagesync_job_copied_bytes", "Bytes of blobs copied by the ImageSyncJob's runs "
+                                 "(as the workers report them; mounts and skipped blobs copy none)", labels=JOB_LABELS)
+    runs = CounterMetricFamily("imagesync_job_runs", "Finished runs by result (Succeeded, PartiallyFailed, Failed)",
+                               labels=[*JOB_LABELS, "result"])
+    duration = GaugeMetricFamily("imagesync_job_last_run_duration_seconds", "Duration of the last finished run",
+                                 labels=JOB_LABELS)
+    completion = GaugeMetricFamily("imagesync_job_last_run_completion_timestamp_seconds",
+                                   "When the last finished run ended (Unix time)", labels=JOB_LABELS)
+    success = GaugeMetricFamily("imagesync_job_last_success_timestamp_seconds",
+                                "When the last Succeeded run ended (Unix time; known once this operator process saw "
+                                "a run succeed, or found the last run Succeeded)", labels=JOB_LABELS)
+    for (namespace, name), job in jobs.items():
+        for each, value in phase_values(job.phase).items():
+            phase.add_metric([namespace, name, each], value)
+        for outcome in OUTCOMES:
+            if outcome in job.images:
+                images.add_metric([namespace, name, outcome], job.images[outcome])
+        copied.add_metric([namespace, name], job.copied_bytes, created=job.created)
+        for result in RESULTS:  # every result present from the start: rate() needs the zero
+            runs.add_metric([namespace, name, result], job.runs.get(result, 0), created=job.created)
+        for family, known in ((duration, job.seen.last_duration), (completion, job.seen.last_completion),
+                              (success, job.seen.last_success)):
+            if known is not None:
+                family.add_metric([namespace, name], known)
+    return [phase, images, copied, runs, duration, completion, success]
+
+
+class JobCollector:
+    """The per-ImageSyncJob series of a :class:`Metrics`, made at each scrape from its JobSeries."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        with self._metrics._lock:
+            jobs = dict(self._metrics._jobs)
+        return job_families(jobs)
+
+
 class Metrics:
     """The operator's metrics in a registry of its own; thread-safe (kopf runs the handlers in threads)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.phase = Gauge("imagesync_job_status_phase",
-                           "ImageSyncJob phase: 1 for the current phase, 0 for the others", [*JOB_LABELS, "phase"],
-                           registry=r)
-        self.images = Gauge("imagesync_job_run_images", "Images of the current or last run by outcome so far "
-                            "(synced, skipped as already up to date, failed)", [*JOB_LABELS, "outcome"], registry=r)
-        self.bytes = Counter("imagesync_job_copied_bytes", "Bytes of blobs copied by the ImageSyncJob's runs "
-                             "(as the workers report them; mounts and skipped blobs copy none)", JOB_LABELS,
-                             registry=r)
-        self.runs = Counter("imagesync_job_runs", "Finished runs by result (Succeeded, PartiallyFailed, Failed)",
-                            [*JOB_LABELS, "result"], registry=r)
-        self.duration = Gauge("imagesync_job_last_run_duration_seconds", "Duration of the last finished run",
-                              JOB_LABELS, registry=r)
-        self.completion = Gauge("imagesync_job_last_run_completion_timestamp_seconds",
-                                "When the last finished run ended (Unix time)", JOB_LABELS, registry=r)
-        self.success = Gauge("imagesync_job_last_success_timestamp_seconds",
-                             "When the last Succeeded run ended (Unix time; known once this operator process saw "
-                             "a run succeed, or found the last run Succeeded)", JOB_LABELS, registry=r)
+        self._jobs: dict[tuple[str, str], JobSeries] = {}
+        self._lock = threading.Lock()
+        r.register(JobCollector(self))
         self.reconcile_errors = Counter("imagesync_operator_reconcile_errors",
                                         "Exceptions raised by the operator's handlers (kopf retries or logs them)",
                                         ["handler"], registry=r)
@@ -159,8 +207,6 @@ class Metrics:
                                   "Failed Kubernetes API requests of the handlers by HTTP status code ('0' when no "
                                   "response: connection, TLS, timeout); 404 and 409 include answers the handlers "
                                   "expect (gone or exists already)", ["code"], registry=r)
-        self._seen: dict[tuple[str, str], Seen] = {}
-        self._lock = threading.Lock()
 
     # -- per ImageSyncJob ---------------------------------------------------------------------------
 
@@ -171,34 +217,19 @@ class Metrics:
             return
         status = isj.get("status")
         with self._lock:
-            seen, values = fold(self._seen.get(key), status if isinstance(status, Mapping) else {})
-            self._seen[key] = seen
-            for phase, value in phase_values(values.phase).items():
-                self.phase.labels(*key, phase).set(value)
-            for outcome, count in values.images.items():
-                self.images.labels(*key, outcome).set(count)
-            self.bytes.labels(*key).inc(values.bytes_increase)
-            for result in RESULTS:  # every result present from the start: rate() needs the zero
-                self.runs.labels(*key, result).inc(1 if result == values.finished else 0)
-            gauges = ((self.duration, values.last_duration), (self.completion, values.last_completion),
-                      (self.success, values.last_success))
-            for gauge, known in gauges:
-                if known is not None:
-                    gauge.labels(*key).set(known)
+            job = self._jobs.get(key)
+            seen, values = fold(job.seen if job else None, status if isinstance(status, Mapping) else {})
+            if job is None:
+                job = self._jobs[key] = JobSeries(seen, created=time.time())
+            job.seen, job.phase, job.images = seen, values.phase, values.images
+            job.copied_bytes += values.bytes_increase
+            if values.finished is not None:
+                job.runs[values.finished] = job.runs.get(values.finished, 0) + 1
 
     def forget(self, namespace: str, name: str) -> None:
         """The ImageSyncJob is gone: remove its series."""
-        key = (namespace, name)
         with self._lock:
-            self._seen.pop(key, None)
-            for phase in PHASES:
-                self.phase.remove(*key, phase)
-            for outcome in OUTCOMES:
-                self.images.remove(*key, outcome)
-            for result in RESULTS:
-                self.runs.remove(*key, result)
-            for metric in (self.bytes, self.duration, self.completion, self.success):
-                metric.remove(*key)
+            self._jobs.pop((namespace, name), None)
 
     # -- operator-level ---------------------------------------------------------------------------
 
@@ -285,4 +316,4 @@ class MetricsServer:
         self.thread.join(5)
 
 
-__all__ = ["Metrics", "MetricsServer", "Observation", "Seen", "fold", "phase_values"]
+__all__ = ["JobSeries", "Metrics", "MetricsServer", "Observation", "Seen", "fold", "job_families", "phase_values"]
