@@ -108,14 +108,21 @@ def switch_setting(value: str | None, name: str) -> bool | None:
     raise SettingsError(f"{name}={value!r}: expected true or false")
 
 
+def _whole_number(value: str | None, name: str, expected: str) -> int | None:
+    """An env variable's whole number; None when it is unset or empty."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected {expected}") from None
+
+
 def seconds_setting(value: str | None, name: str, default: int | None, minimum: int = 1) -> int | None:
     """Whole seconds from an env variable: empty means the default, 0 turns the setting off (None)."""
-    if value is None or not value.strip():
+    seconds = _whole_number(value, name, "whole seconds (0 to turn it off)")
+    if seconds is None:
         return default
-    try:
-        seconds = int(value.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={value!r}: expected whole seconds (0 to turn it off)") from None
     if seconds == 0:
         return None
     if seconds < minimum:
@@ -126,12 +133,9 @@ def seconds_setting(value: str | None, name: str, default: int | None, minimum: 
 def handler_threads_from(env: Mapping[str, str]) -> int:
     """How many handlers run at once (IMAGESYNC_HANDLER_THREADS): 1 to MAX_HANDLER_THREADS."""
     value = env.get(HANDLER_THREADS_ENV)
-    if value is None or not value.strip():
+    threads = _whole_number(value, HANDLER_THREADS_ENV, "a whole number of threads")
+    if threads is None:
         return DEFAULT_HANDLER_THREADS
-    try:
-        threads = int(value.strip())
-    except ValueError:
-        raise SettingsError(f"{HANDLER_THREADS_ENV}={value!r}: expected a whole number of threads") from None
     if not 1 <= threads <= MAX_HANDLER_THREADS:
         raise SettingsError(f"{HANDLER_THREADS_ENV}={value!r}: expected 1 to {MAX_HANDLER_THREADS} threads")
     return threads
