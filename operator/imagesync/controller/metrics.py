@@ -186,9 +186,7 @@ class JobCollector:
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        with self._metrics._lock:
-            jobs = dict(self._metrics._jobs)
-        return job_families(jobs)
+        return job_families(self._metrics.jobs())
 
 
 class Metrics:
@@ -225,6 +223,12 @@ class Metrics:
             job.copied_bytes += values.bytes_increase
             if values.finished is not None:
                 job.runs[values.finished] = job.runs.get(values.finished, 0) + 1
+
+    def jobs(self) -> dict[tuple[str, str], JobSeries]:
+        """Every ImageSyncJob's values as now (a copy: a scrape reads it while handlers observe)."""
+        with self._lock:
+            return {key: dataclasses.replace(job, images=dict(job.images), runs=dict(job.runs))
+                    for key, job in self._jobs.items()}
 
     def forget(self, namespace: str, name: str) -> None:
         """The ImageSyncJob is gone: remove its series."""

@@ -400,12 +400,9 @@ class Syncer:
         async def listed(repo: Repository) -> frozenset[str] | None:
             try:
                 return frozenset(await self.registries.client_for(repo).list_tags(repo.path))
-            except RegistryError as exc:
-                if exc.status == 404:  # NAME_UNKNOWN: the repository does not exist yet
-                    return frozenset()
-                log.log(level, "%s; checking each tag of %s instead", exc, repo)
-                return None
             except ImageSyncError as exc:
+                if isinstance(exc, RegistryError) and exc.status == 404:  # NAME_UNKNOWN: not there yet
+                    return frozenset()
                 log.log(level, "%s; checking each tag of %s instead", exc, repo)
                 return None
 
