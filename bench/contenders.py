@@ -23,6 +23,9 @@ from testbed.registry import LoggedRequest, RegistryProcess  # noqa: E402
 from testbed.skopeo import Skopeo  # noqa: E402
 
 WRAPPER = ROOT / "bench" / "measure.py"
+# What users run: the console script pip installed next to this interpreter (not ``python -m``, which skips
+# the script's own start-up handling, see imagesync.__main__).
+IMAGESYNC = str(Path(sys.executable).with_name("imagesync"))
 IMAGESYNC_PROC = 8
 
 
@@ -73,7 +76,7 @@ def imagesync_command(workdir: Path, source: RegistryProcess, target: RegistryPr
     (workdir / "images.yaml").write_text(yaml.safe_dump({f"{source.host}/{r}": f"{target.host}/{r}" for r in repos}))
     (workdir / "auth.yaml").write_text(yaml.safe_dump({source.host: {"insecure": True},
                                                        target.host: {"insecure": True}}))
-    return [sys.executable, "-m", "imagesync.cli.main", "sync", "--images", str(workdir / "images.yaml"),
+    return [IMAGESYNC, "sync", "--images", str(workdir / "images.yaml"),
             "--auth", str(workdir / "auth.yaml"), "--proc", str(IMAGESYNC_PROC)]
 
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from contenders import installed_bytecode, measure, process_cpu_seconds  # noqa: E402
+from contenders import IMAGESYNC, installed_bytecode, measure, process_cpu_seconds  # noqa: E402
 from run import build_c, storage  # noqa: E402
 
 from testbed import seed  # noqa: E402
@@ -194,7 +194,7 @@ def run_one(data_set: LongSet, contender: str, proc: int | None, workdir: Path, 
                 auth = {host: {"username": reg.username, "password": reg.password, "plainHTTP": True}
                         for host, reg in ((src_host, source), (dst_host, target))}
                 (workdir / "auth.yaml").write_text(yaml.safe_dump(auth))
-                command = [sys.executable, "-m", "imagesync.cli.main", "sync", "--images",
+                command = [IMAGESYNC, "sync", "--images",
                            str(workdir / "images.yaml"), "--auth", str(workdir / "auth.yaml")]
                 if proc is not None:
                     command += ["--proc", str(proc)]

@@ -41,9 +41,9 @@ class ImportEntry(NamedTuple):
 
 
 def import_times(command: list[str], top: int = 10) -> dict[str, Any]:
-    """Run ``command`` (a ``python ...`` argv) with ``-X importtime``: the ``top`` imports by cumulative and
-    by self time (milliseconds), the number of modules imported and the total import time."""
-    argv = [command[0], "-X", "importtime", *command[1:]]
+    """Run ``command`` (a Python script and its arguments) under ``python -X importtime``: the ``top`` imports
+    by cumulative and by self time (milliseconds), the number of modules imported and the total import time."""
+    argv = [sys.executable, "-X", "importtime", *command]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     entries: list[ImportEntry] = []
     for line in result.stderr.splitlines():

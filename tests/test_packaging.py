@@ -41,6 +41,7 @@ def test_non_editable_install_runs_from_the_repository_root(tmp_path: Path) -> N
     env = {**os.environ, "PYTHONPATH": str(target)}
     for command in ([sys.executable, "-m", "imagesync.cli.main", "--help"],
                     [sys.executable, "-m", "imagesync.cli.main", "operator", "--help"],
+                    [sys.executable, "-m", "imagesync", "sync", "--help"],
                     [str(target / "bin" / "imagesync"), "sync", "--help"]):
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, (command, done.stderr)

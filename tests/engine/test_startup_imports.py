@@ -69,3 +69,23 @@ def test_a_sync_loads_none_of_them_and_a_dry_run_loads_the_planner(
                              "--dry-run")
     assert code == 0
     assert loaded(modules, NOT_FOR_A_SYNC) == ["imagesync.engine.plan", "yaml", "imagesync.engine.yaml_config"]
+
+
+def test_the_console_script_freezes_the_imports_and_runs_with_the_collector_on() -> None:
+    # The command's run sees the collector enabled (an operator runs for weeks: its cycles must be collected)
+    # and the import-time objects frozen out of it; after the run, its own objects are frozen too.
+    code = ("import gc, json, sys, imagesync.__main__ as entry\n"
+            "seen = {}\n"
+            "def run_command():\n"
+            "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+            "    return 3\n"
+            "sys.modules['imagesync.cli.main'] = type(sys)('stand-in')\n"
+            "sys.modules['imagesync.cli.main'].main = run_command\n"
+            "code = entry.main()\n"
+            "after = {'code': code, 'after': gc.get_freeze_count(), 'enabled_after': gc.isenabled()}\n"
+            "print(json.dumps({**seen, **after}))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seen = json.loads(completed.stdout)
+    assert seen["enabled"] and seen["enabled_after"]
+    assert seen["code"] == 3
+    assert seen["frozen"] > 1000 and seen["after"] >= seen["frozen"]
