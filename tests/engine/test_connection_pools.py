@@ -1,22 +1,25 @@
-"""The engine's connection handling against a minimal real HTTP/1.1 server on 127.0.0.1: kept-alive connections
-are reused across the pools a registry's connections are spread over (transport._PoolShards), every response gives
-its pool slot back, and a connection the server closed while idle is noticed before a request is put on it
-(transport._readable); no cookie a server sets is ever sent back; and answers are read through the engine's own
-network backend (transport._LargeReads)."""
+"""The engine's connections (engine.http11) against a minimal real HTTP/1.1 server on 127.0.0.1: kept-alive
+connections are reused, the most recent first; a registry's limit of connections holds however many requests
+wait; a connection the server closed while idle, or whose answer was left unread, is never used again; a server
+that answers an upload before reading it is heard; no cookie a server sets is ever sent back; and every request
+goes through this transport, not httpx's default one."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 
-from imagesync.engine import transport
-from imagesync.engine.transport import POOL_SHARD_CONNECTIONS, Endpoint, RegistryHTTP
+from imagesync.engine import http11
+from imagesync.engine.transport import Endpoint, RegistryHTTP
 
 BODY = b"x" * 3000
+LIMIT = 6  # the registry's connections in these tests
 
 
 @dataclass
@@ -26,7 +29,10 @@ class Server:
 
     close_after_answer: bool = False
     hold: asyncio.Event | None = None  # while set up and not set, answers wait (to force concurrent connections)
+    big_body: bytes = b""  # the answer to a path with /big in it
     connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
     requests: int = 0
     served_by: list[int] = field(default_factory=list)  # for each request, the number of its connection
     heads: list[bytes] = field(default_factory=list)
@@ -37,6 +43,8 @@ class Server:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
         connection = self.connections
         try:
             while True:
@@ -55,14 +63,17 @@ class Server:
                     if self.waiting >= self.expect_waiting:
                         self.all_waiting.set()
                     await self.hold.wait()
+                body = self.big_body if b"/big" in head.split(b"\r\n", 1)[0] else BODY
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                             b"Set-Cookie: session=planted\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+                             b"Set-Cookie: session=planted\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
                 await writer.drain()
                 if self.close_after_answer:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.open_now -= 1
             writer.close()
 
 
@@ -70,7 +81,7 @@ class Server:
 async def serving(server: Server) -> AsyncIterator[RegistryHTTP]:
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    http = RegistryHTTP(Endpoint(f"127.0.0.1:{port}", plain_http=True), max_connections=3 * POOL_SHARD_CONNECTIONS)
+    http = RegistryHTTP(Endpoint(f"127.0.0.1:{port}", plain_http=True), max_connections=LIMIT)
     try:
         yield http
     finally:
@@ -84,26 +95,90 @@ async def get(http: RegistryHTTP) -> None:
     assert response.status_code == 200 and response.content == BODY
 
 
-async def test_connections_spread_over_pools_are_kept_and_reused() -> None:
-    concurrent = 3 * POOL_SHARD_CONNECTIONS  # fills every pool
-    server = Server(expect_waiting=concurrent)
+async def test_connections_are_kept_and_the_most_recent_is_reused() -> None:
+    server = Server(expect_waiting=LIMIT)
     async with serving(server) as http:
         await get(http)  # the /v2/ probe and this request: one connection
         server.hold = hold = asyncio.Event()
-        gets = asyncio.gather(*(get(http) for _ in range(concurrent)))
+        gets = asyncio.gather(*(get(http) for _ in range(LIMIT)))
         await asyncio.wait_for(server.all_waiting.wait(), 30)  # every request on its own connection
         hold.set()
         await gets
-        assert server.connections == concurrent
-        # One at a time from here on: every response gave its slot back, so each request goes to the first pool
-        # and to the same idle kept-alive connection there (a slot never given back would leave its pool looking
-        # busy, and the requests would turn to the other pools' connections).
+        assert server.connections == LIMIT
+        # One at a time from here on: every answer gave its connection back, and each request takes the one
+        # given back last (the others may expire unused).
         before = len(server.served_by)
-        for _ in range(3 * concurrent):
+        for _ in range(3 * LIMIT):
             await get(http)
-        assert server.connections == concurrent
+        assert server.connections == LIMIT
         assert len(set(server.served_by[before:])) == 1, server.served_by[before:]
-        assert http.requests_sent == 1 + 1 + concurrent + 3 * concurrent
+        assert http.requests_sent == 1 + 1 + LIMIT + 3 * LIMIT
+
+
+async def test_the_limit_of_connections_holds_for_any_number_of_requests() -> None:
+    # Straight on the transport (RegistryHTTP queues its requests before it): 5 times the limit at once.
+    server = Server(expect_waiting=LIMIT)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    pool = http11.HTTP11Transport(ssl.create_default_context(), max_connections=LIMIT)
+    try:
+        async with httpx.AsyncClient(transport=pool) as client:
+            server.hold = hold = asyncio.Event()
+            gets = asyncio.gather(*(client.get(f"http://127.0.0.1:{port}/{i}") for i in range(5 * LIMIT)))
+            await asyncio.wait_for(server.all_waiting.wait(), 30)
+            await asyncio.sleep(0.2)  # a connection over the limit would have had time to reach the server
+            assert server.connections == LIMIT
+            hold.set()
+            answers = await gets
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert [a.content for a in answers] == [BODY] * (5 * LIMIT)
+    assert server.most_open == LIMIT and server.connections == LIMIT
+    assert pool.connections_opened == LIMIT
+
+
+async def test_an_answer_left_unread_closes_its_connection_and_one_read_to_its_end_keeps_it() -> None:
+    server = Server(big_body=b"y" * 3 * http11.READ_SIZE)
+    async with serving(server) as http:
+        async with http.stream("GET", "/v2/some/blobs/big") as response:
+            async for _ in response.aiter_raw():
+                break  # the rest of this answer would be in the way of the next one on the connection
+        assert server.connections == 1  # the /v2/ probe's, kept for this GET
+        async with http.stream("GET", "/v2/some/blobs/big") as response:
+            assert len(b"".join([chunk async for chunk in response.aiter_raw()])) == len(server.big_body)
+        async with http.stream("GET", "/v2/some/blobs/big") as response:
+            await response.aread()
+        await get(http)
+        await asyncio.sleep(0.05)
+        assert server.connections == 2  # the cut answer's connection was closed; the whole ones' kept
+        assert server.open_now == 1
+
+
+async def test_a_server_that_answers_an_upload_before_reading_it_is_heard() -> None:
+    # A registry refusing an upload may answer at once and close, before our body is sent: the answer is
+    # what the engine must see (its status and message), not the write that failed.
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"z" * 1024 * 1024
+            await asyncio.sleep(0)
+
+    try:
+        async with httpx.AsyncClient(transport=http11.HTTP11Transport(ssl.create_default_context(), 2)) as client:
+            response = await client.put(f"http://127.0.0.1:{port}/upload", content=body())
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert response.status_code == 413 and response.content == b"big!"
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
@@ -125,20 +200,21 @@ async def test_a_cookie_the_server_sets_is_not_sent_back() -> None:
     assert not any(b"cookie:" in head.lower() for head in server.heads), server.heads
 
 
-async def test_every_answer_is_read_through_the_large_read_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    # transport.http_transport replaces httpx's private pool to put its network backend in (httpx has no parameter
-    # for one; pyproject pins httpx 0.28.x). Should an httpx upgrade build its pool elsewhere, requests would go
-    # through httpx's own reads of 64 KiB again, silently (B: 2.3 instead of 1.7 CPU-s per GiB): this fails then.
-    asked: list[int] = []
-    original = transport._LargeReads.read
+async def test_every_answer_is_read_through_the_engine_s_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx builds its own default transport (httpcore) for any client not given one: were a client of the engine
+    # ever made without it, its requests would silently go back to httpcore and anyio (start-up and CPU per
+    # request: docs/benchmarks.md). Every read of these answers must be one of engine.http11's.
+    reads: list[int] = []
+    original = http11._Socket.read
 
-    async def recorded(self: transport._LargeReads, max_bytes: int, timeout: float | None = None) -> bytes:
-        asked.append(max_bytes)
-        return await original(self, max_bytes, timeout)
+    async def recorded(self: http11._Socket, timeout: float | None) -> bytes:
+        data = await original(self, timeout)
+        reads.append(len(data))
+        return data
 
-    monkeypatch.setattr(transport._LargeReads, "read", recorded)
+    monkeypatch.setattr(http11._Socket, "read", recorded)
     server = Server()
     async with serving(server) as http:
         for _ in range(3):
             await get(http)
-    assert len(asked) >= 4, asked  # the /v2/ probe's answer and the three GETs', at least one read each
+    assert len(reads) >= 4 and sum(reads) >= 4 * len(BODY), reads  # the /v2/ probe's answer and the 3 GETs'

@@ -129,7 +129,7 @@ class SourceFeed:
                 # the connection: refused before reading (closing the unread response closes its connection).
                 raise RegistryError(f"{self.name} arrived corrupted (Content-Length {length}; expected {expected} "
                                     f"bytes)", code="SIZE_INVALID", retryable=True)
-            pieces = response.aiter_raw()  # as the connection reads them (up to transport.READ_SIZE): no re-chunking
+            pieces = response.aiter_raw()  # as the connection reads them (up to http11.READ_SIZE): no re-chunking
             while skip:  # the bytes before start, already read and hashed before the cut
                 piece = await anext(pieces, b"")
                 if not piece:

@@ -38,8 +38,6 @@ import logging
 import math
 import random
 import re
-import select
-import socket
 import ssl
 import time
 import zlib
@@ -48,10 +46,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpcore
 import httpx
 
 from imagesync.engine.errors import RegistryError, clip
+from imagesync.engine.http11 import HTTP11Transport
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +63,6 @@ SMALL_BODY_MAX_BYTES = 64 * 1024
 # The encodings read_limited() decodes itself (bounded); we ask for nothing else.
 ACCEPT_ENCODING = "gzip, deflate"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# The most one socket read hands over. httpcore asks for 64 KiB; asyncio receives up to 256 KiB at a time, which
-# anyio then split into four (copying the rest each time), and each piece cost a trip through anyio, h11 and
-# httpx (measured on 256 MiB layers: a third of the engine's CPU per byte was that per-read overhead).
-READ_SIZE = 256 * 1024
-# Connections per httpcore pool (see _PoolShards): a registry with more gets several pools.
-POOL_SHARD_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -492,137 +484,6 @@ class _Token:
     expires: float
 
 
-class _LargeReads(httpcore.AsyncNetworkStream):
-    """A connection whose reads hand over up to :data:`READ_SIZE` bytes, whatever httpcore asks for (h11 takes
-    any amount), and which answers httpcore's "is_readable" (asked of every idle connection of a pool on every
-    request start and end) from its socket, kept: anyio rebuilt a dict of every socket attribute per question
-    (a py-spy profile of 1000 tiny images: 22 % of the engine's samples)."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max(max_bytes, READ_SIZE), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return _LargeReads(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether a read would return at once (for an idle connection: the server closed it, or sent what it should
-    not have). As httpcore's own check; a socket already gone counts as readable (its next read is the end)."""
-    fd = sock.fileno() if sock is not None else -1
-    if fd < 0:
-        return True
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    return bool(poll.poll(0))
-
-
-class _LargeReadBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's asyncio backend (anyio), its connections wrapped in :class:`_LargeReads`."""
-
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        return _LargeReads(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        return _LargeReads(await self._inner.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def http_transport(verify: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport with reads of up to :data:`READ_SIZE`: its pool is made again with our network backend
-    (httpx has no parameter for one; the pool is what it would build for these settings, without a proxy)."""
-    transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, retries=0)
-    # tests/engine/test_connection_pools.py fails if requests stop reaching this pool (an httpx upgrade).
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=verify, max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
-        retries=0, network_backend=_LargeReadBackend())
-    return transport
-
-
-class _CountedStream(httpx.AsyncByteStream):
-    """A response body that gives its pool's request slot back when it is closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-class _PoolShards(httpx.AsyncBaseTransport):
-    """One registry's connections in pools of at most :data:`POOL_SHARD_CONNECTIONS`, each request sent through
-    the pool with the fewest requests under way (the first such: connections are reused before new ones open).
-
-    httpcore's pool, on every request start and end, polls each of its idle connections and, for each idle one,
-    lists all of them again: work growing with the square of its connections (measured on 1000 tiny images
-    through 34 connections: 16.9 CPU-s in one pool, 10.5 in pools of 8).
-    """
-
-    def __init__(self, verify: ssl.SSLContext, limits: httpx.Limits) -> None:
-        total = limits.max_connections or POOL_SHARD_CONNECTIONS
-        count = -(-total // POOL_SHARD_CONNECTIONS)
-        size = -(-total // count)
-        keepalive = limits.max_keepalive_connections
-        shard_limits = httpx.Limits(max_connections=size,
-                                    max_keepalive_connections=size if keepalive is None else -(-keepalive // count),
-                                    keepalive_expiry=limits.keepalive_expiry)
-        self._shards = [http_transport(verify, shard_limits) for _ in range(count)]
-        self._busy = [0] * count
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = self._busy.index(min(self._busy))
-        self._busy[index] += 1
-
-        def release() -> None:
-            self._busy[index] -= 1
-
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            release()
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _CountedStream(response.stream, release)
-        return response
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
 class _NoCookies(httpx.Cookies):
     """A cookie jar that keeps nothing."""
 
@@ -710,9 +571,8 @@ class RegistryHTTP:
         self.quota = quota or QuotaGate()  # the request quota the registry announces, if it does
         self._transport = transport
         self._timeout = timeout or httpx.Timeout(connect=15.0, read=120.0, write=120.0, pool=600.0)
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        # Requests wait here rather than in httpcore's pool, whose queue handling rescans every
-        # connection for every waiting request (measured: a third of the CPU of a many-image sync).
+        self._max_connections = max_connections
+        # Requests wait here, in the order they came, for one of the registry's connections.
         self._slots = asyncio.Semaphore(max_connections)
         self._client: httpx.AsyncClient | None = None
         self._base = ""
@@ -746,7 +606,7 @@ class RegistryHTTP:
     # -- connection set-up ---------------------------------------------------------------------
 
     def _make_client(self, verify: ssl.SSLContext) -> httpx.AsyncClient:
-        transport = self._transport or _PoolShards(verify, self._limits)
+        transport = self._transport or HTTP11Transport(verify, self._max_connections)
         return _Client(
             transport=transport, timeout=self._timeout, headers={"User-Agent": USER_AGENT},
             follow_redirects=True,
