@@ -399,6 +399,10 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
                 await waiter
         except TimeoutError:
             raise httpx.PoolTimeout("no connection free within the pool timeout") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # woken, then cancelled before it could take the room: the next one takes it
+            raise
         finally:
             if waiter in self._waiting:
                 self._waiting.remove(waiter)
