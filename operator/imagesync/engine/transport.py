@@ -727,6 +727,12 @@ class RegistryHTTP:
             return {"Authorization": f"Bearer {token}"} if token else {}
         return {}
 
+    async def warm_up(self, scopes: Scopes) -> None:
+        """Set up now what the first request for ``scopes`` would wait for: the scheme and the challenge
+        (``GET /v2/``), then the token. No request of its own: each is one the run makes anyway."""
+        await self._ensure_ready()
+        await self._auth_header(scopes)
+
     def expect_push(self, repo: str) -> None:
         """Tokens for ``repo`` ask for push as well as pull from the first request on: the manifest HEAD
         that starts an image's copy would otherwise get a pull token, and the first upload a second one
