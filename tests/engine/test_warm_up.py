@@ -5,37 +5,20 @@ otherwise waited for both after the planning (bench/long_distance.py: 4 round tr
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import yaml
 from cli_helpers import auth_for
+from watched import Watched
 
 from imagesync.engine.config import load_auth
 from imagesync.engine.copy import SyncOptions, sync, targets_to_warm_up
-from imagesync.engine.http11 import HTTP11Transport
 from imagesync.engine.reference import Repository
 from imagesync.engine.rules import parse_rules
 from imagesync.engine.transport import Endpoint
 from testbed import seed
 from testbed.registry import RegistryProcess
-
-
-class Watched(httpx.AsyncBaseTransport):
-    """The engine's own transport, with a hook that sees (and may hold) each request before it is sent."""
-
-    def __init__(self, before: Callable[[httpx.Request], Awaitable[None]]) -> None:
-        self._inner = HTTP11Transport(ssl.create_default_context(), max_connections=8)
-        self._before = before
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._before(request)
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 async def test_the_target_is_set_up_while_the_source_is_listed(registry: RegistryProcess,

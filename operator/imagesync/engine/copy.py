@@ -199,6 +199,7 @@ class ToCopy:
 
     manifest: Manifest
     note: str = ""
+    new_at_target: bool = False  # the target had nothing under the image's tag (or digest)
 
 
 def transfer_limits(proc: int) -> tuple[int, int]:
@@ -521,7 +522,7 @@ class Syncer:
             return decision
         source, target, manifest = pair.source, pair.target, decision.manifest
         src, dst = self.registries.client_for(source.repo), self.registries.client_for(target.repo)
-        await self._copy_references(src, source.repo, dst, target.repo, manifest)
+        await self._copy_references(src, source.repo, dst, target.repo, manifest, decision.new_at_target)
         await dst.put_manifest(target.repo.path, _reference(target), manifest)
         self.stats.manifests_pushed += 1
         return ImageOutcome(str(source), str(target), "synced", digest=manifest.digest, note=decision.note)
@@ -568,7 +569,7 @@ class Syncer:
                 if existing is not None and existing.digest == filtered.digest:
                     return ImageOutcome(str(source), str(target), "skipped", digest=filtered.digest, note=note)
             manifest = filtered
-        return ToCopy(manifest, note)
+        return ToCopy(manifest, note, new_at_target=existing is None)
 
     async def _manifest_heads(self, pair: ImagePair, src: RegistryClient,
                               dst: RegistryClient) -> tuple[ManifestHead | None, ManifestHead | None]:
@@ -608,23 +609,39 @@ class Syncer:
         return manifest
 
     async def _copy_references(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
-                               dst_repo: Repository, manifest: Manifest) -> None:
-        """Make everything the manifest references present at the target (children before an index)."""
+                               dst_repo: Repository, manifest: Manifest, new_at_target: bool = False) -> None:
+        """Make everything the manifest references present at the target (children before an index).
+        ``new_at_target``: the target had nothing under the index's tag, so most likely none of its children."""
         if manifest.is_index:
-            await _gather_all(self._copy_child(src, src_repo, dst, dst_repo, child)
+            await _gather_all(self._copy_child(src, src_repo, dst, dst_repo, child, new_at_target)
                               for child in manifest.children())
         else:
             await _gather_all(self._ensure_blob(src, src_repo, dst, dst_repo, blob)
                               for blob in manifest.blobs())
 
     async def _copy_child(self, src: RegistryClient, src_repo: Repository, dst: RegistryClient,
-                          dst_repo: Repository, child: Descriptor) -> None:
-        if not self.options.force:
+                          dst_repo: Repository, child: Descriptor, new_index: bool) -> None:
+        name = f"{src_repo}@{child.digest} ({child.platform_name})"
+        if self.options.force:
+            manifest = await self._read_manifest(src, src_repo, child.digest, name)
+        elif new_index:
+            # The target lacks the index: the child's GET goes out with its HEAD instead of after it (a round trip
+            # less per index through a distant link; a child the target has after all costs one needless GET).
+            existing, read = await asyncio.gather(dst.head_manifest(dst_repo.path, child.digest),
+                                                  self._read_manifest(src, src_repo, child.digest, name),
+                                                  return_exceptions=True)
+            if isinstance(existing, BaseException):
+                raise existing
+            if existing is not None and existing.digest == child.digest:
+                return
+            if isinstance(read, BaseException):
+                raise read
+            manifest = read
+        else:
             existing = await dst.head_manifest(dst_repo.path, child.digest)
             if existing is not None and existing.digest == child.digest:
                 return
-        manifest = await self._read_manifest(src, src_repo, child.digest,
-                                             f"{src_repo}@{child.digest} ({child.platform_name})")
+            manifest = await self._read_manifest(src, src_repo, child.digest, name)
         await self._copy_references(src, src_repo, dst, dst_repo, manifest)
         await dst.put_manifest(dst_repo.path, child.digest, manifest)
         self.stats.manifests_pushed += 1

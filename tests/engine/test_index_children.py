@@ -1,0 +1,64 @@
+"""An index the target lacks: each child's GET from the source goes out together with the child's HEAD at the
+target, not after its answer (one round trip less per index through a distant link). When the target has the
+index's tag (an update), a child is still checked before it is read: a child the target has is not pulled."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import yaml
+from cli_helpers import auth_for
+from watched import Watched
+
+from imagesync.engine.config import load_auth
+from imagesync.engine.copy import SyncOptions, sync
+from imagesync.engine.rules import parse_rules
+from imagesync.engine.transport import Endpoint
+from testbed import seed
+from testbed.registry import RegistryProcess
+
+
+async def test_children_of_a_new_index_are_read_without_waiting_for_their_heads(
+        registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
+    index = seed.push_index(registry, "multi/app", "1", seed="children")
+    children = {child.digest for child in index.children}
+    read: set[str] = set()
+    all_read = asyncio.Event()
+    source_gets: list[str] = []
+
+    async def source(request: httpx.Request) -> None:
+        reference = request.url.path.rsplit("/", 1)[-1]
+        if request.method == "GET" and reference in children:
+            read.add(reference)
+            if read == children:
+                all_read.set()
+        if request.method == "GET" and "/manifests/" in request.url.path:
+            source_gets.append(reference)
+
+    async def target(request: httpx.Request) -> None:
+        reference = request.url.path.rsplit("/", 1)[-1]
+        if request.method == "HEAD" and reference in children:
+            # Held until every child was asked of the source: reading them only after these answers would
+            # wait here for 10 s and fail.
+            await asyncio.wait_for(all_read.wait(), 10)
+
+    def transports(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
+        return Watched(source) if endpoint.host == registry.host else Watched(target)
+
+    auth_file = tmp_path / "auth.yaml"
+    auth_file.write_text(yaml.safe_dump(auth_for(registry, registry2)))
+    rules, errors = parse_rules({f"{registry.host}/multi/app:1": f"{registry2.host}/copy/app"})
+    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
+    assert stats.count("synced") == 1, stats.failed()
+    assert seed.manifest_exists(registry2, "copy/app", "1")
+
+    # The index over a tag the target has, for another image (an update): the children are checked first,
+    # found (the first copy pushed them), and not read.
+    seed.push_image(registry2, "copy/app", "2", seed="older")
+    source_gets.clear()
+    rules, errors = parse_rules({f"{registry.host}/multi/app:1": f"{registry2.host}/copy/app:2"})
+    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
+    assert stats.count("synced") == 1, stats.failed()
+    assert not children & set(source_gets), source_gets
