@@ -326,3 +326,16 @@ def test_a_thousand_image_sync_jobs_series_take_little_memory() -> None:
     assert grown < 2_000_000, grown
     text = generate_latest(metrics.registry).decode()
     assert text.count('imagesync_job_status_phase{name="job-') == 1000 * 6
+
+
+def test_a_job_observed_after_its_deletion_gets_no_series_again() -> None:
+    # A handler that read the ImageSyncJob before its deletion may observe it after forget() (a CI failure:
+    # the series stayed for good). Its UID marks it; the same name created again is a new object.
+    metrics = Metrics()
+    isj = {"metadata": {"namespace": "sync", "name": "mirror", "uid": "u-1"}, "status": {"phase": "Succeeded"}}
+    metrics.observe(isj)
+    metrics.forget("sync", "mirror", "u-1")
+    metrics.observe(isj)
+    assert metrics.jobs() == {}
+    metrics.observe({**isj, "metadata": {**isj["metadata"], "uid": "u-2"}})
+    assert list(metrics.jobs()) == [("sync", "mirror")]

@@ -738,7 +738,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.on.event(GROUP, VERSION, JOBS_PLURAL, registry=registry,
                    when=lambda type, **_: type == "DELETED")
     def isj_deleted(body: kopf.Body, **_: Any) -> None:
-        ctx.metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        ctx.metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"], body["metadata"].get("uid"))
 
     ctx.metrics.count_handler_errors(registry)  # reconcile errors by handler, in every handler above
 

@@ -196,6 +196,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._jobs: dict[tuple[str, str], JobSeries] = {}
+        # UIDs of deleted ImageSyncJobs: a handler that read one before its deletion may observe it after
+        # forget() (seen in CI: the series came back for good). A name used again gets a new UID.
+        self._deleted_uids: set[str] = set()
         self._lock = threading.Lock()
         r.register(JobCollector(self))
         self.reconcile_errors = Counter("imagesync_operator_reconcile_errors",
@@ -214,7 +217,10 @@ class Metrics:
         if key is None:
             return
         status = isj.get("status")
+        uid = (isj.get("metadata") or {}).get("uid")
         with self._lock:
+            if uid is not None and uid in self._deleted_uids:
+                return
             job = self._jobs.get(key)
             seen, values = fold(job.seen if job else None, status if isinstance(status, Mapping) else {})
             if job is None:
@@ -230,10 +236,12 @@ class Metrics:
             return {key: dataclasses.replace(job, images=dict(job.images), runs=dict(job.runs))
                     for key, job in self._jobs.items()}
 
-    def forget(self, namespace: str, name: str) -> None:
-        """The ImageSyncJob is gone: remove its series."""
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """The ImageSyncJob is gone: remove its series, and keep them removed (a late observe() of it is ignored)."""
         with self._lock:
             self._jobs.pop((namespace, name), None)
+            if uid is not None:
+                self._deleted_uids.add(uid)
 
     # -- operator-level ---------------------------------------------------------------------------
 
