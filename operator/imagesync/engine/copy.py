@@ -289,9 +289,11 @@ class Syncer:
             task = self._source_tag_lists[key] = asyncio.create_task(client.list_tags(repo.path))
         return await asyncio.shield(task)
 
-    async def plan(self, rules: Sequence[Rule],
-                   rule_errors: Sequence[RuleError] = ()) -> tuple[list[ImagePair], list[ImageOutcome]]:
-        """Expand rules into image pairs, plus a failed outcome for each rule that cannot be expanded."""
+    async def plan(self, rules: Sequence[Rule], rule_errors: Sequence[RuleError] = (),
+                   expanded_one: Callable[[list[ImagePair]], None] | None = None,
+                   ) -> tuple[list[ImagePair], list[ImageOutcome]]:
+        """Expand rules into image pairs, plus a failed outcome for each rule that cannot be expanded.
+        ``expanded_one`` is handed each repository's pairs as soon as they are known (see :meth:`plan_and_run`)."""
         failures = [ImageOutcome(error.rule_text, "", "failed", error.reason) for error in rule_errors]
         self.malformed_rules = len(rule_errors)
         catalogs: dict[int, asyncio.Task[RepositoryList]] = {}
@@ -332,6 +334,8 @@ class Syncer:
                 return []
             if tags is not None:
                 self.planned.append(PlannedRule(rule, frozenset(tags)))
+            if expanded_one is not None:
+                expanded_one(expanded)
             return expanded
 
         async def expand_prefix(rule: Rule) -> list[ImagePair]:
@@ -409,16 +413,57 @@ class Syncer:
         for failure in planning_failures:
             self.stats.record(failure)
         self.stats.images_total = len(pairs) + len(planning_failures)
+        await self._retry_rounds(await self._first_round(pairs))
+        return await self._tidy_up()
+
+    async def plan_and_run(self, rules: Sequence[Rule], rule_errors: Sequence[RuleError]) -> list[ImagePair]:
+        """Plan and sync a whole run in one go (a single shard): each repository's images start as soon as its
+        tags are listed, not once every source repository is (through a 40 ms link the last of 10 listings ended
+        3 round trips after the first, and every image waited for it; a registry's whole catalog waits longer).
+        The pairs, the outcomes and the retries are those of :meth:`plan_shard` then :meth:`run`. Returns every
+        planned pair (what pruning compares the targets with)."""
+        if self.options.deadline is not None:
+            self.deadline_at = asyncio.get_running_loop().time() + self.options.deadline
+        seen: set[tuple[str, str]] = set()
+        rounds: list[asyncio.Task[list[ImagePair]]] = []
+
+        def expanded_one(pairs: list[ImagePair]) -> None:
+            fresh = [pair for pair in pairs if (str(pair.source), str(pair.target)) not in seen]
+            seen.update((str(pair.source), str(pair.target)) for pair in fresh)
+            self.stats.images_total += len(fresh)
+            if fresh:
+                rounds.append(asyncio.create_task(self._first_round(fresh)))
+
+        try:
+            every, failures = await self.plan(rules, rule_errors, expanded_one)
+            for failure in failures:
+                self.stats.record(failure)
+            self.stats.images_total += len(failures)
+            retries = [pair for pending in await asyncio.gather(*rounds) for pair in pending]
+        finally:
+            for task in rounds:
+                task.cancel()
+        await self._retry_rounds(retries)
+        await self._tidy_up()
+        return every
+
+    async def _first_round(self, pairs: Sequence[ImagePair]) -> list[ImagePair]:
+        """The first attempt at each pair; the pairs worth another round."""
         for pair in pairs:
             self.registries.client_for(pair.target.repo).http.expect_push(pair.target.repo.path)
         pending = await self.list_targets(pairs)
-        for round_number in range(1 + max(0, self.options.retries)):
-            if round_number:
-                log.info("retry round %d for %d image(s)", round_number, len(pending))
-            results = await asyncio.gather(*(self._sync_one(pair) for pair in pending))
-            pending = [pair for pair, retry in zip(pending, results, strict=True) if retry]
+        results = await asyncio.gather(*(self._sync_one(pair) for pair in pending))
+        return [pair for pair, retry in zip(pending, results, strict=True) if retry]
+
+    async def _retry_rounds(self, pending: list[ImagePair]) -> None:
+        for round_number in range(1, 1 + max(0, self.options.retries)):
             if not pending:
                 break
+            log.info("retry round %d for %d image(s)", round_number, len(pending))
+            results = await asyncio.gather(*(self._sync_one(pair) for pair in pending))
+            pending = [pair for pair, retry in zip(pending, results, strict=True) if retry]
+
+    async def _tidy_up(self) -> SyncStats:
         if self._cancels:  # before the connections close; at most a few seconds, they only tidy up
             await asyncio.wait(list(self._cancels), timeout=CANCEL_UPLOADS_WAIT_SECONDS)
         return self.stats
@@ -794,9 +839,12 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
     warm_up = targets_to_warm_up(rules, options.proc if shard_count == 1 else 0)
     warming = asyncio.create_task(registries.warm_up(warm_up))
     try:
-        planned_pairs, pairs, failures = await syncer.plan_shard(rules, rule_errors, shard_index, shard_count)
-        await warming
-        stats = await syncer.run(pairs, failures)
+        if shard_count <= 1:
+            planned_pairs = await syncer.plan_and_run(rules, rule_errors)
+            stats = syncer.stats
+        else:  # every shard plans every rule, then copies its share of the pairs
+            planned_pairs, pairs, failures = await syncer.plan_shard(rules, rule_errors, shard_index, shard_count)
+            stats = await syncer.run(pairs, failures)
         if options.prune is not None and shard_index == 0:  # one worker prunes, knowing every shard's pairs
             await syncer.prune(planned_pairs)
         return stats
@@ -804,7 +852,7 @@ async def sync(rules: Sequence[Rule], rule_errors: Sequence[RuleError], auth: Au
         syncer.stats.finished = time.monotonic()
         syncer.stats.logins_accepted, syncer.stats.logins_rejected = registries.login_results()
         syncer.stats.quotas = registries.quotas()
-        warming.cancel()  # done by now, unless the planning failed
+        warming.cancel()  # done by now, unless the run failed early
         await asyncio.gather(warming, return_exceptions=True)
         await syncer.cancel_transfers()
         await registries.aclose()
