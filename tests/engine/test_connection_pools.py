@@ -218,3 +218,53 @@ async def test_every_answer_is_read_through_the_engine_s_transport(monkeypatch: 
         for _ in range(3):
             await get(http)
     assert len(reads) >= 4 and sum(reads) >= 4 * len(BODY), reads  # the /v2/ probe's answer and the 3 GETs'
+
+
+async def test_an_idle_connection_past_its_keepalive_expiry_is_not_used_again() -> None:
+    server = Server()
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    pool = http11.HTTP11Transport(ssl.create_default_context(), max_connections=2, keepalive_expiry=0.2)
+    try:
+        async with httpx.AsyncClient(transport=pool) as client:
+            await client.get(f"http://127.0.0.1:{port}/a")
+            await client.get(f"http://127.0.0.1:{port}/b")  # at once: the same connection
+            await asyncio.sleep(0.4)
+            await client.get(f"http://127.0.0.1:{port}/c")  # past the expiry: a new one
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert server.served_by == [1, 1, 2]
+
+
+async def test_interim_answers_and_chunked_bodies_are_read_as_httpx_reads_them() -> None:
+    # A 100 Continue before the answer, then a chunked body: the answer is the 200, its body the chunks joined,
+    # and the connection stays good for the next request.
+    requests = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                requests += 1
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    pool = http11.HTTP11Transport(ssl.create_default_context(), max_connections=2)
+    try:
+        async with httpx.AsyncClient(transport=pool) as client:
+            first = await client.get(f"http://127.0.0.1:{port}/one")
+            second = await client.get(f"http://127.0.0.1:{port}/two")
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert (first.status_code, first.content, first.http_version) == (200, b"hello world", "HTTP/1.1")
+    assert second.content == b"hello world" and requests == 2
+    assert pool.connections_opened == 1
