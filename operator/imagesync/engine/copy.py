@@ -549,6 +549,8 @@ class Syncer:
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+        if self.referrers is not None:
+            self.referrers.cancel_prefetches()
 
     async def _sync_one_in_time(self, pair: ImagePair) -> bool:
         async with self._images:
@@ -571,6 +573,8 @@ class Syncer:
             return decision
         source, target, manifest = pair.source, pair.target, decision.manifest
         src, dst = self.registries.client_for(source.repo), self.registries.client_for(target.repo)
+        if self.referrers is not None:
+            self.referrers.prefetch(src, source.repo, manifest.digest)
         await self._copy_references(src, source.repo, dst, target.repo, manifest, decision.new_at_target)
         await dst.put_manifest(target.repo.path, _reference(target), manifest)
         self.stats.manifests_pushed += 1

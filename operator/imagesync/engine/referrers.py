@@ -101,6 +101,13 @@ class ReferrerOptions:
 # -- pure helpers ------------------------------------------------------------------------------
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A done callback that takes a task's exception, which whoever awaits the task still gets: without it,
+    asyncio logs an exception nobody asked for as an error."""
+    if not task.cancelled():
+        task.exception()
+
+
 def fallback_tag(digest: str) -> str:
     """The referrers tag schema's tag for ``digest``: ``<alg>-<hex>``."""
     algorithm, _, encoded = digest.partition(":")
@@ -237,6 +244,26 @@ class ReferrerCopier:
         # fallback tag (sha256-...). Built once per listing, not per image: per image it was work growing with
         # the square of a repository's tags.
         self._tag_sets: dict[tuple[str, str], tuple[list[str], frozenset[str], bool]] = {}
+        # Source listings started while their image is copied (prefetch), by (host, repository, subject).
+        self._prefetched: dict[tuple[str, str, str], asyncio.Task[tuple[list[dict[str, Any]], Manifest | None]]] = {}
+
+    def prefetch(self, src: RegistryClient, repo: Repository, subject: str) -> None:
+        """Start listing the source's referrers of an image whose copy is starting: the listing's round trip
+        overlaps the copy instead of following it (on a registry with the referrers API; without it the
+        fallback reads the tag list the planner already has, and there is nothing to overlap). Referrers pushed
+        to the source during the copy are left to the next run, as those pushed after it are."""
+        if src.referrers_api is False:
+            return
+        key = (src.host, repo.path, subject)
+        if key not in self._prefetched:
+            task = asyncio.create_task(self._source_referrers(src, repo, subject))
+            task.add_done_callback(_retrieved)  # an image that fails never asks for its listing
+            self._prefetched[key] = task
+
+    def cancel_prefetches(self) -> None:
+        for task in self._prefetched.values():
+            task.cancel()
+        self._prefetched.clear()
 
     async def after_image(self, pair: ImagePair, outcome: ImageOutcome) -> ImageOutcome:
         """Copy the referrers of an image that is now at the target; a failure fails the image unless optional."""
@@ -301,7 +328,8 @@ class ReferrerCopier:
         result = SubjectResult()
         where = f"{dst.host}/{dst_repo.path}"
         try:
-            entries, source_index = await self._source_referrers(src, src_repo, subject)
+            prefetched = self._prefetched.pop((src.host, src_repo.path, subject), None)
+            entries, source_index = await (prefetched or self._source_referrers(src, src_repo, subject))
             tags = await self._source_tags(src, src_repo)
         except ImageSyncError as exc:
             result.fail(f"{where}@{subject} (referrers)", f"listing referrers of {subject}: {exc}", exc)

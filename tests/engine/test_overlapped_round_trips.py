@@ -1,6 +1,13 @@
-"""An index the target lacks: each child's GET from the source goes out together with the child's HEAD at the
-target, not after its answer (one round trip less per index through a distant link). When the target has the
-index's tag (an update), a child is still checked before it is read: a child the target has is not pulled."""
+"""Round trips the copy overlaps instead of chaining (each one a round trip less per image through a distant link).
+
+- An index the target lacks: each child's GET from the source goes out together with the child's HEAD at the
+  target, not after its answer. When the target has the index's tag (an update), a child is still checked
+  before it is read: a child the target has is not pulled.
+- An image being copied: the source's referrers listing goes out during the copy, not after the push.
+
+Each test holds one side's request until the other side has been asked: chained, the run would wait out the
+hold's 10 s and fail.
+"""
 
 from __future__ import annotations
 
@@ -62,3 +69,27 @@ async def test_children_of_a_new_index_are_read_without_waiting_for_their_heads(
     stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
     assert stats.count("synced") == 1, stats.failed()
     assert not children & set(source_gets), source_gets
+
+
+async def test_an_image_s_referrers_are_listed_while_it_is_copied(
+        registry: RegistryProcess, registry2: RegistryProcess, tmp_path: Path) -> None:
+    seed.push_image(registry, "refs/app", "1", seed="refs")
+    listed = asyncio.Event()
+
+    async def source(request: httpx.Request) -> None:
+        if "/referrers/" in request.url.path:
+            listed.set()
+
+    async def target(request: httpx.Request) -> None:
+        if request.method == "PUT" and request.url.path.endswith("/manifests/1"):
+            await asyncio.wait_for(listed.wait(), 10)  # the image's push waits for its referrers' listing
+
+    def transports(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
+        return Watched(source) if endpoint.host == registry.host else Watched(target)
+
+    auth_file = tmp_path / "auth.yaml"
+    auth_file.write_text(yaml.safe_dump(auth_for(registry, registry2)))
+    rules, errors = parse_rules({f"{registry.host}/refs/app:1": f"{registry2.host}/copy/refs"})
+    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
+    assert stats.count("synced") == 1, stats.failed()
+    assert seed.manifest_exists(registry2, "copy/refs", "1")
