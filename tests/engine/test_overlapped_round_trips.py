@@ -12,6 +12,7 @@ hold's 10 s and fail.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,21 @@ from imagesync.engine.rules import parse_rules
 from imagesync.engine.transport import Endpoint
 from testbed import seed
 from testbed.registry import RegistryProcess
+
+Hook = Callable[[httpx.Request], Awaitable[None]]
+
+
+async def copy_watched(source: RegistryProcess, target: RegistryProcess, tmp_path: Path, rule: tuple[str, str],
+                       on_source: Hook, on_target: Hook) -> None:
+    """Run one rule (source path -> target path) with each side's requests seen by its hook; the copy succeeds."""
+    def transports(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
+        return Watched(on_source) if endpoint.host == source.host else Watched(on_target)
+
+    auth_file = tmp_path / "auth.yaml"
+    auth_file.write_text(yaml.safe_dump(auth_for(source, target)))
+    rules, errors = parse_rules({f"{source.host}/{rule[0]}": f"{target.host}/{rule[1]}"})
+    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
+    assert stats.count("synced") == 1, stats.failed()
 
 
 async def test_children_of_a_new_index_are_read_without_waiting_for_their_heads(
@@ -51,23 +67,14 @@ async def test_children_of_a_new_index_are_read_without_waiting_for_their_heads(
             # wait here for 10 s and fail.
             await asyncio.wait_for(all_read.wait(), 10)
 
-    def transports(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
-        return Watched(source) if endpoint.host == registry.host else Watched(target)
-
-    auth_file = tmp_path / "auth.yaml"
-    auth_file.write_text(yaml.safe_dump(auth_for(registry, registry2)))
-    rules, errors = parse_rules({f"{registry.host}/multi/app:1": f"{registry2.host}/copy/app"})
-    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
-    assert stats.count("synced") == 1, stats.failed()
+    await copy_watched(registry, registry2, tmp_path, ("multi/app:1", "copy/app"), source, target)
     assert seed.manifest_exists(registry2, "copy/app", "1")
 
     # The index over a tag the target has, for another image (an update): the children are checked first,
     # found (the first copy pushed them), and not read.
     seed.push_image(registry2, "copy/app", "2", seed="older")
     source_gets.clear()
-    rules, errors = parse_rules({f"{registry.host}/multi/app:1": f"{registry2.host}/copy/app:2"})
-    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
-    assert stats.count("synced") == 1, stats.failed()
+    await copy_watched(registry, registry2, tmp_path, ("multi/app:1", "copy/app:2"), source, target)
     assert not children & set(source_gets), source_gets
 
 
@@ -84,12 +91,5 @@ async def test_an_image_s_referrers_are_listed_while_it_is_copied(
         if request.method == "PUT" and request.url.path.endswith("/manifests/1"):
             await asyncio.wait_for(listed.wait(), 10)  # the image's push waits for its referrers' listing
 
-    def transports(endpoint: Endpoint) -> httpx.AsyncBaseTransport:
-        return Watched(source) if endpoint.host == registry.host else Watched(target)
-
-    auth_file = tmp_path / "auth.yaml"
-    auth_file.write_text(yaml.safe_dump(auth_for(registry, registry2)))
-    rules, errors = parse_rules({f"{registry.host}/refs/app:1": f"{registry2.host}/copy/refs"})
-    stats = await sync(rules, errors, load_auth(str(auth_file)), SyncOptions(retries=0), transport_factory=transports)
-    assert stats.count("synced") == 1, stats.failed()
+    await copy_watched(registry, registry2, tmp_path, ("refs/app:1", "copy/refs"), source, target)
     assert seed.manifest_exists(registry2, "copy/refs", "1")
