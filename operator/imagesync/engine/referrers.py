@@ -246,6 +246,7 @@ class ReferrerCopier:
         self._tag_sets: dict[tuple[str, str], tuple[list[str], frozenset[str], bool]] = {}
         # Source listings started while their image is copied (prefetch), by (host, repository, subject).
         self._prefetched: dict[tuple[str, str, str], asyncio.Task[tuple[list[dict[str, Any]], Manifest | None]]] = {}
+        self._probing: set[str] = set()  # source hosts whose first prefetch tells whether they have the API
 
     def prefetch(self, src: RegistryClient, repo: Repository, subject: str) -> None:
         """Start listing the source's referrers of an image whose copy is starting: the listing's round trip
@@ -254,11 +255,16 @@ class ReferrerCopier:
         to the source during the copy are left to the next run, as those pushed after it are."""
         if src.referrers_api is False:
             return
+        if src.referrers_api is None and src.host in self._probing:
+            return  # whether the registry has the API is being learned: one listing at a time until then
         key = (src.host, repo.path, subject)
         if key not in self._prefetched:
             task = asyncio.create_task(self._source_referrers(src, repo, subject))
             task.add_done_callback(_retrieved)  # an image that fails never asks for its listing
             self._prefetched[key] = task
+            if src.referrers_api is None:
+                self._probing.add(src.host)
+                task.add_done_callback(lambda _: self._probing.discard(src.host))
 
     def cancel_prefetches(self) -> None:
         for task in self._prefetched.values():
