@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagesync.controller.main import build_parser, settings_from
-from imagesync.controller.metrics import Metrics, Seen, fold, phase_values, timestamp
+from imagesync.controller.metrics import DELETED_UIDS_KEPT, Metrics, Seen, fold, phase_values, timestamp
 from imagesync.controller.settings import OperatorSettings, SettingsError
 
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:30Z", "2026-01-01T01:00:00Z"
@@ -339,3 +339,16 @@ def test_a_job_observed_after_its_deletion_gets_no_series_again() -> None:
     assert metrics.jobs() == {}
     metrics.observe({**isj, "metadata": {**isj["metadata"], "uid": "u-2"}})
     assert list(metrics.jobs()) == [("sync", "mirror")]
+
+
+def test_only_the_latest_deletions_are_remembered() -> None:
+    # An operator runs for months: the UIDs it ignores late observations of are bounded.
+    metrics = Metrics()
+    for number in range(DELETED_UIDS_KEPT + 10):
+        metrics.forget("sync", f"job-{number}", f"uid-{number}")
+    late = {"metadata": {"namespace": "sync", "name": "job-0", "uid": "uid-0"}, "status": {"phase": "Succeeded"}}
+    metrics.observe(late)  # forgotten long ago: observed again (no handler holds a copy this old)
+    newest = {"metadata": {"namespace": "sync", "name": "job-x", "uid": f"uid-{DELETED_UIDS_KEPT + 9}"},
+              "status": {"phase": "Succeeded"}}
+    metrics.observe(newest)
+    assert list(metrics.jobs()) == [("sync", "job-0")]

@@ -30,6 +30,8 @@ PHASES = ("Pending", "Running", "Succeeded", "PartiallyFailed", "Failed", "Suspe
 RESULTS = ("Succeeded", "PartiallyFailed", "Failed")  # the phases a finished run ends in
 OUTCOMES = {"synced": "imagesSynced", "skipped": "imagesSkipped", "failed": "imagesFailed"}
 JOB_LABELS = ("namespace", "name")
+# Recently deleted ImageSyncJobs whose late observations are ignored (see Metrics.forget).
+DELETED_UIDS_KEPT = 4096
 
 
 def timestamp(value: object) -> float | None:
@@ -196,9 +198,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._jobs: dict[tuple[str, str], JobSeries] = {}
-        # UIDs of deleted ImageSyncJobs: a handler that read one before its deletion may observe it after
-        # forget() (seen in CI: the series came back for good). A name used again gets a new UID.
-        self._deleted_uids: set[str] = set()
+        # UIDs of recently deleted ImageSyncJobs: a handler that read one before its deletion may observe it
+        # after forget() (seen in CI: the series came back for good). A name used again gets a new UID. Only
+        # the latest DELETED_UIDS_KEPT are kept: the race lasts as long as a handler in flight, and an operator
+        # running for months must not keep every UID it ever saw deleted.
+        self._deleted_uids: dict[str, None] = {}
         self._lock = threading.Lock()
         r.register(JobCollector(self))
         self.reconcile_errors = Counter("imagesync_operator_reconcile_errors",
@@ -241,7 +245,9 @@ class Metrics:
         with self._lock:
             self._jobs.pop((namespace, name), None)
             if uid is not None:
-                self._deleted_uids.add(uid)
+                self._deleted_uids[uid] = None
+                if len(self._deleted_uids) > DELETED_UIDS_KEPT:
+                    del self._deleted_uids[next(iter(self._deleted_uids))]  # the oldest (dicts keep order)
 
     # -- operator-level ---------------------------------------------------------------------------
 
