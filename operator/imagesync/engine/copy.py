@@ -244,6 +244,18 @@ def targets_to_warm_up(rules: Sequence[Rule], count: int) -> list[Repository]:
     return named + [repo for host, repo in hosts.items() if host not in covered]
 
 
+def _unseen(pairs: Iterable[ImagePair], seen: set[tuple[str, str]]) -> list[ImagePair]:
+    """The pairs whose (source, target) is not in ``seen`` yet, once each; ``seen`` gains them. Two rules may
+    name one copy: it is planned once."""
+    fresh = []
+    for pair in pairs:
+        key = (str(pair.source), str(pair.target))
+        if key not in seen:
+            seen.add(key)
+            fresh.append(pair)
+    return fresh
+
+
 def _reference(image: ImageRef) -> str:
     ref = image.digest or image.tag
     if not ref:
@@ -388,13 +400,7 @@ class Syncer:
 
         expanded = await asyncio.gather(*(expand_in_time(rule) for rule in rules))
         seen: set[tuple[str, str]] = set()
-        pairs: list[ImagePair] = []
-        for group in expanded:
-            for pair in group:
-                key = (str(pair.source), str(pair.target))
-                if key not in seen:
-                    seen.add(key)
-                    pairs.append(pair)
+        pairs = [pair for group in expanded for pair in _unseen(group, seen)]
         return pairs, failures
 
     async def plan_shard(self, rules: Sequence[Rule], rule_errors: Sequence[RuleError], shard_index: int = 0,
@@ -403,8 +409,7 @@ class Syncer:
         planning failures it reports). With several shards every worker plans the same pairs; rules that could
         not be planned are reported by shard 0 alone, so the folded status counts each failure once. The copy
         (:func:`sync`) and the dry run (engine/plan.py) both start here."""
-        if self.options.deadline is not None:
-            self.deadline_at = asyncio.get_running_loop().time() + self.options.deadline
+        self._start_deadline()
         every, failures = await self.plan(rules, rule_errors)
         if shard_count <= 1:
             return every, every, failures
@@ -426,14 +431,12 @@ class Syncer:
         3 round trips after the first, and every image waited for it; a registry's whole catalog waits longer).
         The pairs, the outcomes and the retries are those of :meth:`plan_shard` then :meth:`run`. Returns every
         planned pair (what pruning compares the targets with)."""
-        if self.options.deadline is not None:
-            self.deadline_at = asyncio.get_running_loop().time() + self.options.deadline
+        self._start_deadline()
         seen: set[tuple[str, str]] = set()
         rounds: list[asyncio.Task[list[ImagePair]]] = []
 
         def expanded_one(pairs: list[ImagePair]) -> None:
-            fresh = [pair for pair in pairs if (str(pair.source), str(pair.target)) not in seen]
-            seen.update((str(pair.source), str(pair.target)) for pair in fresh)
+            fresh = _unseen(pairs, seen)
             self.stats.images_total += len(fresh)
             if fresh:
                 rounds.append(asyncio.create_task(self._first_round(fresh)))
@@ -451,21 +454,27 @@ class Syncer:
         await self._tidy_up()
         return every
 
+    def _start_deadline(self) -> None:
+        if self.options.deadline is not None:
+            self.deadline_at = asyncio.get_running_loop().time() + self.options.deadline
+
     async def _first_round(self, pairs: Sequence[ImagePair]) -> list[ImagePair]:
         """The first attempt at each pair; the pairs worth another round."""
         for pair in pairs:
             self.registries.client_for(pair.target.repo).http.expect_push(pair.target.repo.path)
-        pending = await self.list_targets(pairs)
-        results = await asyncio.gather(*(self._sync_one(pair) for pair in pending))
-        return [pair for pair, retry in zip(pending, results, strict=True) if retry]
+        return await self._attempt(await self.list_targets(pairs))
 
     async def _retry_rounds(self, pending: list[ImagePair]) -> None:
         for round_number in range(1, 1 + max(0, self.options.retries)):
             if not pending:
                 break
             log.info("retry round %d for %d image(s)", round_number, len(pending))
-            results = await asyncio.gather(*(self._sync_one(pair) for pair in pending))
-            pending = [pair for pair, retry in zip(pending, results, strict=True) if retry]
+            pending = await self._attempt(pending)
+
+    async def _attempt(self, pairs: Sequence[ImagePair]) -> list[ImagePair]:
+        """Sync each pair once, together; the pairs that failed in a way worth another round."""
+        results = await asyncio.gather(*(self._sync_one(pair) for pair in pairs))
+        return [pair for pair, retry in zip(pairs, results, strict=True) if retry]
 
     async def _tidy_up(self) -> SyncStats:
         if self._cancels:  # before the connections close; at most a few seconds, they only tidy up
