@@ -103,6 +103,73 @@ async def test_a_status_that_changes_under_every_write_is_left_to_kopfs_retry(cl
     assert decisions[0] == STATUS_WRITE_ATTEMPTS and stored is not None and "phase" not in stored["status"]
 
 
+# -- a run's objects, created before the status write that names the run ---------------------------------------
+
+
+def run_objects(cluster: Cluster) -> list[str]:
+    found = [f"Job/{job['metadata']['name']}" for job in cluster.jobs()]
+    found += [f"Secret/{s['metadata']['name']}" for s in cluster.secrets() if s["metadata"]["name"].startswith(NAME)]
+    return sorted(found)
+
+
+def starting_a_run_then(ctx: Context, started: list[int], meanwhile: Any) -> Any:
+    """A decision that starts a run on its first attempt (creating the run's objects), with ``meanwhile``
+    done before that attempt's write; a second attempt decides on what it reads."""
+    attempts = [0]
+
+    def decide(read: Mapping[str, Any]) -> dict[str, Any] | None:
+        attempts[0] += 1
+        patch = handlers.reconcile(ctx, read, "created", started)
+        if attempts[0] == 1:
+            meanwhile()
+        return patch or None
+    return decide
+
+
+async def test_a_run_started_by_a_decision_that_another_write_overtook_is_removed(
+        cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "post_event", lambda *args, **kwargs: None)  # no kopf context here
+    await cluster.create(isj(NAME, {"r.io/a/b:1": "t.io/a/b"}))
+    started: list[int] = []
+
+    def settle_elsewhere() -> None:  # another writer (a restored backup, say) settles this generation's run
+        assert run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
+        ctx.kube.custom.patch_namespaced_custom_object_status(
+            "imagesync.dev", "v1alpha1", NAMESPACE, "imagesyncjobs", NAME,
+            {"status": {"run": 7, "runGeneration": 1, "phase": "Succeeded"}})
+
+    written = await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME,
+                                      starting_a_run_then(ctx, started, settle_elsewhere), started=started)
+    assert written is None and started == [1]
+    assert run_objects(cluster) == [], "the run no status names was left behind"
+    stored = cluster.isj(NAME)
+    assert stored is not None and stored["status"]["run"] == 7
+
+
+async def test_a_run_the_write_names_keeps_its_objects_and_a_failed_write_leaves_them_to_kopfs_retry(
+        cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "post_event", lambda *args, **kwargs: None)
+    await cluster.create(isj(NAME, {"r.io/a/b:1": "t.io/a/b"}))
+    started: list[int] = []
+    refused = kubernetes.client.ApiException(status=500, reason="injected")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise refused
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ctx.kube, "patch_status", refuse)
+        with pytest.raises(kubernetes.client.ApiException):
+            await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME,
+                                    starting_a_run_then(ctx, started, lambda: None), started=started)
+    assert started == [1] and run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
+
+    retried: list[int] = []  # kopf's retry: the same run, decided again, takes the objects over
+    written = await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME,
+                                      starting_a_run_then(ctx, retried, lambda: None), started=retried)
+    assert written is not None and written["status"]["run"] == 1 and retried == []
+    assert run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
+
+
 # -- RegistryCredentials: a run's refused login against the periodic Secret check ----------------------------
 # The flake this closes (tests/kube/test_operator_flow.py::test_refused_login_shows_on_the_registry_credential, red
 # in CI once): the Secret check wrote its verdict from kopf's copy of the RegistryCredential, taken before the

@@ -180,9 +180,10 @@ def admitted_spec(ctx: Context, isj: Mapping[str, Any]) -> JobSpec:
     return spec
 
 
-def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
+def start_run(ctx: Context, isj: Mapping[str, Any], reason: str, started: list[int]) -> dict[str, Any]:
     """Create the next run's Secret, report ConfigMap (with the Role and RoleBinding that let the run's workers
-    patch it, and only it), and Job; return the status patch. Idempotent by deterministic names."""
+    patch it, and only it), and Job; return the status patch. Idempotent by deterministic names. The run's
+    number goes into ``started`` when this call created its Job (see write_status)."""
     meta, status = isj["metadata"], isj.get("status") or {}
     spec = admitted_spec(ctx, isj)
     document = resolve_credentials(ctx, meta["namespace"], spec)
@@ -200,6 +201,8 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
     if problem is not None:
         delete_run(ctx, isj, run)
         raise RunBlocked("Valid", "IndexedJobsUnsupported", problem, run=run)
+    if created is not None:
+        started.append(run)
     generation = meta.get("generation", 1)
     conditions = make_condition(status.get("conditions"), "Valid", "True", "SpecValid", "spec is valid",
                                 generation, now_iso())
@@ -267,12 +270,21 @@ def schedule_due(isj: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | N
     return {}
 
 
-def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    """What to do with an ImageSyncJob whose spec is new, changed, or seen again after a restart."""
+# Why a run may start for a spec that already had its run; any other reason (created, spec changed, resume) is
+# about the spec itself, so a spec whose run happened needs nothing more.
+RUN_AGAIN_REASONS = frozenset({"schedule", "queued spec change"})
+
+
+def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str, started: list[int]) -> dict[str, Any]:
+    """What to do with an ImageSyncJob whose spec is new, changed, or seen again after a restart, when its
+    schedule fires, or when the run a spec change waited for has ended (``reason``). A run's number goes into
+    ``started`` when its Job is created here."""
     meta, status = isj["metadata"], isj.get("status") or {}
     generation = meta.get("generation", 1)
-    if reason == "resume" and settled(isj):
-        return {}  # the run for this spec already happened (or runs), or it stays suspended: a restart does nothing
+    if reason not in RUN_AGAIN_REASONS and settled(isj):
+        # The run for this spec already happened (or runs), or it stays suspended. Besides a restart, kopf runs
+        # a create or update handler again when its patch recording the handler's success was lost.
+        return {}
     if run_active(status):
         changed = status.get("runGeneration") != generation
         workers = find_condition(status.get("conditions"), "WorkersReady")
@@ -297,7 +309,7 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, An
             return {"phase": "Suspended", "observedGeneration": generation, "conditions": make_condition(
                 status.get("conditions"), "Suspended", "True", "Suspended", "spec.suspend is true",
                 generation, now_iso())}
-        patch = start_run(ctx, isj, reason)
+        patch = start_run(ctx, isj, reason, started)
     except RunBlocked as exc:
         return blocked_status(isj, exc)
     patch["conditions"] = make_condition(patch["conditions"], "Suspended", "False", "Active", "", generation,
@@ -572,29 +584,44 @@ STATUS_WRITE_ATTEMPTS = 10  # reads and decisions per write; each lost race mean
 
 def write_status(ctx: Context, namespace: str, name: str,
                  decide: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-                 plural: str = JOBS_PLURAL) -> dict[str, Any] | None:
+                 plural: str = JOBS_PLURAL, started: list[int] | None = None) -> dict[str, Any] | None:
     """Every status write (of an ImageSyncJob, or with ``plural`` a RegistryCredential): under the object's lock,
     read it fresh, ``decide`` the status patch from what was read (None: nothing to write), and write it
     conditioned on the resourceVersion read. When another writer came between (409), read and decide again. A
     decision is therefore never made on a stale copy (kopf's event body may lag behind the final fold) and never
-    lands after a newer write. Returns the object as written (for the metrics), or None when nothing was."""
+    lands after a newer write. Returns the object as written (for the metrics), or None when nothing was.
+
+    ``started`` is where ``decide`` notes each run whose Job it created. A run's objects are created before the
+    status names it, so that a status never names a run without its Job; a decision thrown away for a newer
+    one would leave them behind. Once the object's status is settled here, a noted run it does not name is
+    deleted. When the write fails they stay: a lost answer may have applied it, and kopf's retry decides the
+    same run again and takes the objects over by name."""
     with ctx.status_lock(plural, namespace, name):
-        for _ in range(STATUS_WRITE_ATTEMPTS):
-            obj = ctx.kube.get_custom(plural, namespace, name)
-            if obj is None:
-                return None  # deleted meanwhile
-            patch = decide(obj)
-            if patch is None:
-                return None
-            written = merged(obj, patch)
-            if written["status"] == merged(obj, {})["status"]:
-                return written  # the same status again (a restart re-delivers every Pod and report): no write
-            try:
-                ctx.kube.patch_status(plural, namespace, name, patch,
-                                      str(obj["metadata"].get("resourceVersion") or ""))
-            except StatusConflict:
-                continue
-            return written
+        written, now = decide_and_write(ctx, namespace, name, decide, plural)
+        for run in sorted(set(started or ()) - {((now or {}).get("status") or {}).get("run")}):
+            delete_run(ctx, {"metadata": {"namespace": namespace, "name": name}}, run)
+        return written
+
+
+def decide_and_write(ctx: Context, namespace: str, name: str,
+                     decide: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+                     plural: str) -> tuple[dict[str, Any] | None, Mapping[str, Any] | None]:
+    """write_status's loop: the object as written (or None), and the object as it now stands (None: deleted)."""
+    for _ in range(STATUS_WRITE_ATTEMPTS):
+        obj = ctx.kube.get_custom(plural, namespace, name)
+        if obj is None:
+            return None, None  # deleted meanwhile
+        patch = decide(obj)
+        if patch is None:
+            return None, obj
+        written = merged(obj, patch)
+        if written["status"] == merged(obj, {})["status"]:
+            return written, written  # the same status again (a restart re-delivers every Pod and report)
+        try:
+            ctx.kube.patch_status(plural, namespace, name, patch, str(obj["metadata"].get("resourceVersion") or ""))
+        except StatusConflict:
+            continue
+        return written, written
     raise kopf.TemporaryError(f"{plural} {namespace}/{name}: status changed under every one of "
                               f"{STATUS_WRITE_ATTEMPTS} writes", delay=5)
 
@@ -606,35 +633,37 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     """Register every handler into ``registry`` (a fresh one per operator, so tests stay isolated)."""
     jobs = kopf.on  # alias for readability below
 
-    def reconciled(reason: str) -> Callable[[Mapping[str, Any]], dict[str, Any] | None]:
-        def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
-            update = reconcile(ctx, isj, reason)
-            if not update and reason == "resume":
-                return None  # a restart with nothing to do writes nothing (a thousand ImageSyncJobs, one restart)
-            return with_kstatus(isj, update, now_iso())
-        return decide
-
-    def write_and_observe(namespace: str, name: str,
-                          decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> bool:
+    def write_and_observe(namespace: str, name: str, decide: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+                          started: list[int] | None = None) -> bool:
         """write_status, then the metrics of what was written; whether anything was."""
-        written = write_status(ctx, namespace, name, decide)
+        written = write_status(ctx, namespace, name, decide, started=started)
         if written is not None:
             ctx.metrics.observe(written)
         return written is not None
 
+    def reconcile_and_observe(body: kopf.Body, reason: str) -> bool:
+        started: list[int] = []
+
+        def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
+            update = reconcile(ctx, isj, reason, started)
+            if not update and (reason == "resume" or settled(isj)):
+                return None  # nothing to do writes nothing (a thousand ImageSyncJobs, one restart)
+            return with_kstatus(isj, update, now_iso())
+
+        return write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide, started)
+
     @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_created(body: kopf.Body, **_: Any) -> None:
-        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], reconciled("created"))
+        reconcile_and_observe(body, "created")
 
     @jobs.update(GROUP, VERSION, JOBS_PLURAL, field="spec", registry=registry)
     def isj_changed(body: kopf.Body, **_: Any) -> None:
-        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], reconciled("spec changed"))
+        reconcile_and_observe(body, "spec changed")
 
     @jobs.resume(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_resumed(body: kopf.Body, **_: Any) -> None:
         # Decided on kopf's copy first: a restart reads and writes nothing for a settled ImageSyncJob.
-        if not settled(body) and write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"],
-                                                   reconciled("resume")):
+        if not settled(body) and reconcile_and_observe(body, "resume"):
             return
         ctx.metrics.observe(body)  # a new process: its series start from what the ImageSyncJob shows
 
@@ -681,6 +710,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             return
         meta = body["metadata"]
         finished: list[Mapping[str, Any]] = []  # the ImageSyncJob read, and as the run's end left it
+        started: list[int] = []
 
         def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
             finished.clear()
@@ -695,11 +725,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             after = merged(isj, patch)
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
-                patch.update(reconcile(ctx, after, "queued spec change"))
+                patch.update(reconcile(ctx, after, "queued spec change", started))
             finished[:] = [isj, after]
             return with_kstatus(isj, patch, now_iso())
 
-        written = write_status(ctx, meta["namespace"], meta["labels"][LABEL_JOB], decide)
+        written = write_status(ctx, meta["namespace"], meta["labels"][LABEL_JOB], decide, started=started)
         if written is not None:
             isj, after = finished
             ctx.metrics.observe(after)  # the finished run, even when a queued run replaced it in the same patch
@@ -711,18 +741,19 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def isj_schedule(body: kopf.Body, **_: Any) -> None:
         if schedule_due(body, dt.datetime.now(dt.UTC)) is None:
             return  # kopf's copy says nothing to do: no read (500 scheduled ImageSyncJobs made 1000 GETs a minute)
+        started: list[int] = []
 
         def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
             now = dt.datetime.now(dt.UTC)
             due = schedule_due(isj, now)
             if due is None or due:
                 return due  # nothing, or only the next fire time
-            update = reconcile(ctx, isj, "schedule")
+            update = reconcile(ctx, isj, "schedule", started)
             update["lastScheduleTime"] = iso(now)
             update["nextScheduleTime"] = iso(next_fire(str(isj["spec"]["schedule"]), now))
             return with_kstatus(isj, update, now_iso())
 
-        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide)
+        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide, started)
 
     @kopf.on.create(GROUP, VERSION, CREDS_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, CREDS_PLURAL, field="spec", registry=registry)
