@@ -17,6 +17,7 @@ such a registry), at the target the fallback index imagesync maintains. The API 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -460,6 +461,73 @@ async def test_referrers_api_recording(registry2: RegistryProcess,
     result = await run("target.registry.test/mirror/app", ReferrerOptions(include=(SPDX,)))
     assert (result["referrersCopied"], result["referrersSkipped"]) == (0, 1), result
     assert not [r for r in api_target.requests[before:] if r[0] in ("PUT", "POST", "PATCH")]
+
+
+def signed(registry: RecordedRegistry, subject: str, size: int, media_type: str = OCI_MANIFEST) -> str:
+    """A Notation-style signature referring to ``subject``; its digest."""
+    empty, blob = registry.add_blob(b"{}"), registry.add_blob(f"jws of {subject}".encode())
+    digest, _ = registry.add_manifest({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": NOTATION,
+        "config": {**empty, "mediaType": "application/vnd.oci.empty.v1+json"},
+        "layers": [{**blob, "mediaType": NOTATION}],
+        "subject": {"mediaType": media_type, "digest": subject, "size": size}})
+    return digest
+
+
+async def test_an_index_s_children_referrers_are_listed_while_it_is_copied(
+        recorded: tuple[RecordedRegistry, RecordedRegistry]) -> None:
+    """Once the source is known to have the referrers API, the referrers of an index's children are listed
+    while the index is copied (not after its push), and the index is not read back from the target to find
+    its children. A RECORDING, as above. The index's push is held until every child's listing went out:
+    chained, it would wait out the hold's 10 s and fail."""
+    source, target = recorded
+    first, _ = seed_recorded(source)  # lib/app:v1, a single image: its listing teaches the API
+    children = []
+    for arch in ("amd64", "arm64"):
+        config = source.add_blob(f'{{"architecture":"{arch}","os":"linux"}}'.encode())
+        layer = source.add_blob(f"layer {arch}".encode())
+        child, size = source.add_manifest({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {**config, "mediaType": "application/vnd.oci.image.config.v1+json"},
+            "layers": [{**layer, "mediaType": "application/vnd.oci.image.layer.v1.tar"}]})
+        signed(source, child, size)
+        children.append({"mediaType": OCI_MANIFEST, "digest": child, "size": size,
+                         "platform": {"architecture": arch, "os": "linux"}})
+    index, _ = source.add_manifest({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}, tag="v2")
+    child_digests = {c["digest"] for c in children}
+
+    api_known, children_listed = asyncio.Event(), asyncio.Event()
+    listed: set[str] = set()
+
+    async def at_source(request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.split("/")
+        if request.method == "GET" and parts[-2:] == ["manifests", "v2"]:
+            await asyncio.wait_for(api_known.wait(), 10)  # the index starts once v1's listing was answered
+        response = await source.handle(request)
+        if parts[-2] == "referrers":
+            api_known.set()
+            listed.add(parts[-1])
+            if child_digests <= listed:
+                children_listed.set()
+        return response
+
+    async def at_target(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and request.url.path.endswith("/manifests/v2"):
+            await asyncio.wait_for(children_listed.wait(), 10)
+        return await target.handle(request)
+
+    def transports(endpoint: Any) -> httpx.AsyncBaseTransport:
+        return httpx.MockTransport(at_source if endpoint.host == API_HOST else at_target)
+
+    auth = parse_auth({API_HOST: {"plainHTTP": True}, "target.registry.test": {"plainHTTP": True}}, "test")
+    parsed, errors = parse_rules({f"{API_HOST}/lib/app": "target.registry.test/mirror/app"}, None, None)
+    stats = await sync(parsed, errors, auth, SyncOptions(retries=0), transport_factory=transports)
+    result = stats.result()
+    assert (result["imagesSynced"], result["referrersCopied"], result["imagesFailed"]) == (2, 4, 0), result
+    for child in child_digests:
+        assert target.referrers(child, None)["manifests"], f"the signature of {child} was not copied"
+    assert ("GET", f"/v2/mirror/app/manifests/{index}") not in target.requests, "the index was read back"
+    assert first in listed
 
 
 def test_pure_helpers() -> None:

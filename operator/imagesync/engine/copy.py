@@ -583,7 +583,7 @@ class Syncer:
         source, target, manifest = pair.source, pair.target, decision.manifest
         src, dst = self.registries.client_for(source.repo), self.registries.client_for(target.repo)
         if self.referrers is not None:
-            self.referrers.prefetch(src, source.repo, manifest.digest)
+            self.referrers.prefetch(src, source.repo, manifest)
         await self._copy_references(src, source.repo, dst, target.repo, manifest, decision.new_at_target)
         await dst.put_manifest(target.repo.path, _reference(target), manifest)
         self.stats.manifests_pushed += 1

@@ -247,12 +247,23 @@ class ReferrerCopier:
         # Source listings started while their image is copied (prefetch), by (host, repository, subject).
         self._prefetched: dict[tuple[str, str, str], asyncio.Task[tuple[list[dict[str, Any]], Manifest | None]]] = {}
         self._probing: set[str] = set()  # source hosts whose first prefetch tells whether they have the API
+        # Indexes being copied, by digest: their children need not be read back from the target after the push.
+        self._indexes: dict[str, Manifest] = {}
 
-    def prefetch(self, src: RegistryClient, repo: Repository, subject: str) -> None:
-        """Start listing the source's referrers of an image whose copy is starting: the listing's round trip
-        overlaps the copy instead of following it (on a registry with the referrers API; without it the
-        fallback reads the tag list the planner already has, and there is nothing to overlap). Referrers pushed
-        to the source during the copy are left to the next run, as those pushed after it are."""
+    def prefetch(self, src: RegistryClient, repo: Repository, manifest: Manifest) -> None:
+        """Start listing the source's referrers of an image whose copy is starting, and of an index's children
+        once the registry is known to have the API: the listings' round trips overlap the copy instead of
+        following it (on a registry with the referrers API; without it the fallback reads the tag list the
+        planner already has, and there is nothing to overlap). Referrers pushed to the source during the copy
+        are left to the next run, as those pushed after it are."""
+        if manifest.is_index:
+            self._indexes[manifest.digest] = manifest
+        self._prefetch(src, repo, manifest.digest)
+        if manifest.is_index and src.referrers_api:
+            for child in manifest.children():
+                self._prefetch(src, repo, child.digest)
+
+    def _prefetch(self, src: RegistryClient, repo: Repository, subject: str) -> None:
         if src.referrers_api is False:
             return
         if src.referrers_api is None and src.host in self._probing:
@@ -270,6 +281,7 @@ class ReferrerCopier:
         for task in self._prefetched.values():
             task.cancel()
         self._prefetched.clear()
+        self._indexes.clear()
 
     async def after_image(self, pair: ImagePair, outcome: ImageOutcome) -> ImageOutcome:
         """Copy the referrers of an image that is now at the target; a failure fails the image unless optional."""
@@ -300,8 +312,9 @@ class ReferrerCopier:
         fallback_tags = await self._has_fallback_tags(src, src_repo)
         if src.referrers_api is False and not fallback_tags:
             return result  # no API and no referrer tag in the repository: no child can have referrers
+        manifest = self._indexes.pop(digest, None)  # the index this run just pushed, if it did
         try:
-            manifest = await dst.get_manifest(dst_repo.path, digest)
+            manifest = manifest or await dst.get_manifest(dst_repo.path, digest)
         except ImageSyncError as exc:
             result.fail(f"{dst.host}/{dst_repo.path}@{digest}", f"reading {digest} at the target: {exc}", exc)
             return result
