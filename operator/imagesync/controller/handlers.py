@@ -597,8 +597,8 @@ def write_status(ctx: Context, namespace: str, name: str,
     deleted. When the write fails they stay: a lost answer may have applied it, and kopf's retry decides the
     same run again and takes the objects over by name."""
     with ctx.status_lock(plural, namespace, name):
-        written, now = decide_and_write(ctx, namespace, name, decide, plural)
-        for run in sorted(set(started or ()) - {((now or {}).get("status") or {}).get("run")}):
+        written, current = decide_and_write(ctx, namespace, name, decide, plural)
+        for run in sorted(set(started or ()) - {((current or {}).get("status") or {}).get("run")}):
             delete_run(ctx, {"metadata": {"namespace": namespace, "name": name}}, run)
         return written
 
