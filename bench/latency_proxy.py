@@ -30,6 +30,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,9 +139,15 @@ class Proxy:
 
     async def start(self) -> None:
         for stats in self.stats:
-            server = await asyncio.start_server(lambda r, w, s=stats: self.handle(r, w, s), LOOPBACK, stats.listen,
-                                                backlog=1024)
+            server = await asyncio.start_server(self._handler_for(stats), LOOPBACK, stats.listen, backlog=1024)
             self.servers.append(server)
+
+    def _handler_for(self, stats: MapStats) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                        Awaitable[None]]:
+        """The connection handler of one mapping (its own statistics)."""
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.handle(reader, writer, stats)
+        return handler
 
     async def handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, stats: MapStats) -> None:
         loop = asyncio.get_running_loop()

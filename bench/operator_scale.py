@@ -56,7 +56,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 import yaml
@@ -186,7 +186,9 @@ def remove_finalizers(api: Any, namespace: str) -> None:
     terminating."""
     custom = kubernetes.client.CustomObjectsApi(api)
     for plural in (PLURAL, "registrycredentials"):
-        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
+        # The client's stubs say object; a custom object list is a JSON object.
+        listed = cast(dict[str, Any], custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural))
+        for item in listed["items"]:
             if item["metadata"].get("finalizers"):
                 with contextlib.suppress(kubernetes.client.ApiException):
                     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, item["metadata"]["name"],
@@ -248,11 +250,13 @@ def watch_forever(stop: threading.Event, lister: Callable[..., Any], handle: Cal
                 else listed.metadata.resource_version
             for item in items:
                 handle(item, time.monotonic())
-            watch = kubernetes.watch.Watch()
-            for event in watch.stream(lister, resource_version=version, timeout_seconds=30, **kwargs):
+            # The kubernetes client has no type annotations.
+            watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            for event in watch.stream(lister, resource_version=version,  # type: ignore[no-untyped-call]
+                                      timeout_seconds=30, **kwargs):
                 handle(event["object"], time.monotonic())
                 if stop.is_set():
-                    watch.stop()
+                    watch.stop()  # type: ignore[no-untyped-call]
         except Exception:  # a dropped watch or a 410: list again
             time.sleep(0.2)
 
@@ -621,7 +625,8 @@ def main(argv: list[str]) -> int:
     args.audit_log = args.audit_log or args.kubeconfig.parent / "audit.log"
     os.environ["KUBECONFIG"] = str(args.kubeconfig)  # the e2e helpers' kubectl
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=str(args.kubeconfig), client_configuration=configuration)
+    kubernetes.config.load_kube_config(config_file=str(args.kubeconfig),  # type: ignore[no-untyped-call]
+                                       client_configuration=configuration)
     configuration.connection_pool_maxsize = 8
     api = kubernetes.client.ApiClient(configuration)
     with test_namespace(api) as namespace, tempfile.TemporaryDirectory(prefix="operator-scale-") as workdir:

@@ -13,6 +13,7 @@ echo "==> ruff"
 "$VENV/bin/ruff" check .
 echo "==> mypy"
 "$VENV/bin/mypy"
+"$VENV/bin/mypy" bench  # the benchmarks too (not a package: checked as files)
 echo "==> pytest"
 "$VENV/bin/pytest" -n 2 -q "$@"
 
