@@ -112,14 +112,14 @@ def run_objects(cluster: Cluster) -> list[str]:
     return sorted(found)
 
 
-def starting_a_run_then(ctx: Context, started: list[int], meanwhile: Any) -> Any:
+def starting_a_run_then(ctx: Context, meanwhile: Any) -> Any:
     """A decision that starts a run on its first attempt (creating the run's objects), with ``meanwhile``
     done before that attempt's write; a second attempt decides on what it reads."""
     attempts = [0]
 
     def decide(read: Mapping[str, Any]) -> dict[str, Any] | None:
         attempts[0] += 1
-        patch = handlers.reconcile(ctx, read, "created", started)
+        patch = handlers.reconcile(ctx, read, "created")
         if attempts[0] == 1:
             meanwhile()
         return patch or None
@@ -130,7 +130,6 @@ async def test_a_run_started_by_a_decision_that_another_write_overtook_is_remove
         cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "post_event", lambda *args, **kwargs: None)  # no kopf context here
     await cluster.create(isj(NAME, {"r.io/a/b:1": "t.io/a/b"}))
-    started: list[int] = []
 
     def settle_elsewhere() -> None:  # another writer (a restored backup, say) settles this generation's run
         assert run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
@@ -139,8 +138,8 @@ async def test_a_run_started_by_a_decision_that_another_write_overtook_is_remove
             {"status": {"run": 7, "runGeneration": 1, "phase": "Succeeded"}})
 
     written = await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME,
-                                      starting_a_run_then(ctx, started, settle_elsewhere), started=started)
-    assert written is None and started == [1]
+                                      starting_a_run_then(ctx, settle_elsewhere))
+    assert written is None
     assert run_objects(cluster) == [], "the run no status names was left behind"
     stored = cluster.isj(NAME)
     assert stored is not None and stored["status"]["run"] == 7
@@ -150,7 +149,6 @@ async def test_a_run_the_write_names_keeps_its_objects_and_a_failed_write_leaves
         cluster: Cluster, ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handlers, "post_event", lambda *args, **kwargs: None)
     await cluster.create(isj(NAME, {"r.io/a/b:1": "t.io/a/b"}))
-    started: list[int] = []
     refused = kubernetes.client.ApiException(status=500, reason="injected")
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -159,14 +157,12 @@ async def test_a_run_the_write_names_keeps_its_objects_and_a_failed_write_leaves
     with monkeypatch.context() as patched:
         patched.setattr(ctx.kube, "patch_status", refuse)
         with pytest.raises(kubernetes.client.ApiException):
-            await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME,
-                                    starting_a_run_then(ctx, started, lambda: None), started=started)
-    assert started == [1] and run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
+            await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME, starting_a_run_then(ctx, lambda: None))
+    assert run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
 
-    retried: list[int] = []  # kopf's retry: the same run, decided again, takes the objects over
-    written = await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME,
-                                      starting_a_run_then(ctx, retried, lambda: None), started=retried)
-    assert written is not None and written["status"]["run"] == 1 and retried == []
+    # kopf's retry: the same run, decided again, takes the objects over
+    written = await asyncio.to_thread(write_status, ctx, NAMESPACE, NAME, starting_a_run_then(ctx, lambda: None))
+    assert written is not None and written["status"]["run"] == 1
     assert run_objects(cluster) == [f"Job/{NAME}-r1", f"Secret/{NAME}-r1"]
 
 

@@ -180,10 +180,9 @@ def admitted_spec(ctx: Context, isj: Mapping[str, Any]) -> JobSpec:
     return spec
 
 
-def start_run(ctx: Context, isj: Mapping[str, Any], reason: str, started: list[int]) -> dict[str, Any]:
+def start_run(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
     """Create the next run's Secret, report ConfigMap (with the Role and RoleBinding that let the run's workers
-    patch it, and only it), and Job; return the status patch. Idempotent by deterministic names. The run's
-    number goes into ``started`` when this call created its Job (see write_status)."""
+    patch it, and only it), and Job; return the status patch. Idempotent by deterministic names."""
     meta, status = isj["metadata"], isj.get("status") or {}
     spec = admitted_spec(ctx, isj)
     document = resolve_credentials(ctx, meta["namespace"], spec)
@@ -201,8 +200,6 @@ def start_run(ctx: Context, isj: Mapping[str, Any], reason: str, started: list[i
     if problem is not None:
         delete_run(ctx, isj, run)
         raise RunBlocked("Valid", "IndexedJobsUnsupported", problem, run=run)
-    if created is not None:
-        started.append(run)
     generation = meta.get("generation", 1)
     conditions = make_condition(status.get("conditions"), "Valid", "True", "SpecValid", "spec is valid",
                                 generation, now_iso())
@@ -275,10 +272,9 @@ def schedule_due(isj: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | N
 RUN_AGAIN_REASONS = frozenset({"schedule", "queued spec change"})
 
 
-def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str, started: list[int]) -> dict[str, Any]:
+def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str) -> dict[str, Any]:
     """What to do with an ImageSyncJob whose spec is new, changed, or seen again after a restart, when its
-    schedule fires, or when the run a spec change waited for has ended (``reason``). A run's number goes into
-    ``started`` when its Job is created here."""
+    schedule fires, or when the run a spec change waited for has ended (``reason``)."""
     meta, status = isj["metadata"], isj.get("status") or {}
     generation = meta.get("generation", 1)
     if reason not in RUN_AGAIN_REASONS and settled(isj):
@@ -309,7 +305,7 @@ def reconcile(ctx: Context, isj: Mapping[str, Any], reason: str, started: list[i
             return {"phase": "Suspended", "observedGeneration": generation, "conditions": make_condition(
                 status.get("conditions"), "Suspended", "True", "Suspended", "spec.suspend is true",
                 generation, now_iso())}
-        patch = start_run(ctx, isj, reason, started)
+        patch = start_run(ctx, isj, reason)
     except RunBlocked as exc:
         return blocked_status(isj, exc)
     patch["conditions"] = make_condition(patch["conditions"], "Suspended", "False", "Active", "", generation,
@@ -584,21 +580,29 @@ STATUS_WRITE_ATTEMPTS = 10  # reads and decisions per write; each lost race mean
 
 def write_status(ctx: Context, namespace: str, name: str,
                  decide: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-                 plural: str = JOBS_PLURAL, started: list[int] | None = None) -> dict[str, Any] | None:
+                 plural: str = JOBS_PLURAL) -> dict[str, Any] | None:
     """Every status write (of an ImageSyncJob, or with ``plural`` a RegistryCredential): under the object's lock,
     read it fresh, ``decide`` the status patch from what was read (None: nothing to write), and write it
     conditioned on the resourceVersion read. When another writer came between (409), read and decide again. A
     decision is therefore never made on a stale copy (kopf's event body may lag behind the final fold) and never
     lands after a newer write. Returns the object as written (for the metrics), or None when nothing was.
 
-    ``started`` is where ``decide`` notes each run whose Job it created. A run's objects are created before the
-    status names it, so that a status never names a run without its Job; a decision thrown away for a newer
-    one would leave them behind. Once the object's status is settled here, a noted run it does not name is
-    deleted. When the write fails they stay: a lost answer may have applied it, and kopf's retry decides the
-    same run again and takes the objects over by name."""
+    A decision that starts a run (its patch names the run's Job: start_run) has created the run's objects
+    already, so that a status never names a run without its Job; a decision thrown away for a newer one would
+    leave them behind. Once the object's status is settled here, a run a decision started and the status does
+    not name is deleted. When the write fails they stay: a lost answer may have applied it, and kopf's retry
+    decides the same run again and takes the objects over by name."""
+    started: set[int] = set()
+
+    def noting_runs(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        patch = decide(obj)
+        if patch and patch.get("jobName"):
+            started.add(int(patch["run"]))
+        return patch
+
     with ctx.status_lock(plural, namespace, name):
-        written, current = decide_and_write(ctx, namespace, name, decide, plural)
-        for run in sorted(set(started or ()) - {((current or {}).get("status") or {}).get("run")}):
+        written, current = decide_and_write(ctx, namespace, name, noting_runs, plural)
+        for run in sorted(started - {((current or {}).get("status") or {}).get("run")}):
             delete_run(ctx, {"metadata": {"namespace": namespace, "name": name}}, run)
         return written
 
@@ -633,24 +637,22 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     """Register every handler into ``registry`` (a fresh one per operator, so tests stay isolated)."""
     jobs = kopf.on  # alias for readability below
 
-    def write_and_observe(namespace: str, name: str, decide: Callable[[Mapping[str, Any]], dict[str, Any] | None],
-                          started: list[int] | None = None) -> bool:
+    def write_and_observe(namespace: str, name: str,
+                          decide: Callable[[Mapping[str, Any]], dict[str, Any] | None]) -> bool:
         """write_status, then the metrics of what was written; whether anything was."""
-        written = write_status(ctx, namespace, name, decide, started=started)
+        written = write_status(ctx, namespace, name, decide)
         if written is not None:
             ctx.metrics.observe(written)
         return written is not None
 
     def reconcile_and_observe(body: kopf.Body, reason: str) -> bool:
-        started: list[int] = []
-
         def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
-            update = reconcile(ctx, isj, reason, started)
+            update = reconcile(ctx, isj, reason)
             if not update and (reason == "resume" or settled(isj)):
                 return None  # nothing to do writes nothing (a thousand ImageSyncJobs, one restart)
             return with_kstatus(isj, update, now_iso())
 
-        return write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide, started)
+        return write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide)
 
     @jobs.create(GROUP, VERSION, JOBS_PLURAL, registry=registry)
     def isj_created(body: kopf.Body, **_: Any) -> None:
@@ -710,7 +712,6 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             return
         meta = body["metadata"]
         finished: list[Mapping[str, Any]] = []  # the ImageSyncJob read, and as the run's end left it
-        started: list[int] = []
 
         def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
             finished.clear()
@@ -725,11 +726,11 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             after = merged(isj, patch)
             generation = isj["metadata"].get("generation", 1)
             if status.get("pendingGeneration") or status.get("runGeneration") != generation:
-                patch.update(reconcile(ctx, after, "queued spec change", started))
+                patch.update(reconcile(ctx, after, "queued spec change"))
             finished[:] = [isj, after]
             return with_kstatus(isj, patch, now_iso())
 
-        written = write_status(ctx, meta["namespace"], meta["labels"][LABEL_JOB], decide, started=started)
+        written = write_status(ctx, meta["namespace"], meta["labels"][LABEL_JOB], decide)
         if written is not None:
             isj, after = finished
             ctx.metrics.observe(after)  # the finished run, even when a queued run replaced it in the same patch
@@ -741,19 +742,18 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def isj_schedule(body: kopf.Body, **_: Any) -> None:
         if schedule_due(body, dt.datetime.now(dt.UTC)) is None:
             return  # kopf's copy says nothing to do: no read (500 scheduled ImageSyncJobs made 1000 GETs a minute)
-        started: list[int] = []
 
         def decide(isj: Mapping[str, Any]) -> dict[str, Any] | None:
             now = dt.datetime.now(dt.UTC)
             due = schedule_due(isj, now)
             if due is None or due:
                 return due  # nothing, or only the next fire time
-            update = reconcile(ctx, isj, "schedule", started)
+            update = reconcile(ctx, isj, "schedule")
             update["lastScheduleTime"] = iso(now)
             update["nextScheduleTime"] = iso(next_fire(str(isj["spec"]["schedule"]), now))
             return with_kstatus(isj, update, now_iso())
 
-        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide, started)
+        write_and_observe(body["metadata"]["namespace"], body["metadata"]["name"], decide)
 
     @kopf.on.create(GROUP, VERSION, CREDS_PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, CREDS_PLURAL, field="spec", registry=registry)
